@@ -1,0 +1,115 @@
+"""Configuration: 12-factor, every setting an environment variable with the ``MAILER_`` prefix.
+
+The defaults are the embedded stack a newcomer gets with no server at all: an SQLite file, a
+filesystem Celery broker and the built-in SMTP sink, all under ``MAILER_DATA_DIR``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEV_SECRET = "dev-only-secret-change-me"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; see the README's configuration table."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILER_", extra="ignore", populate_by_name=True)
+
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    broker_url: str = ""
+    redis_url: str = ""
+    smtp_url: str = "smtp://127.0.0.1:8025"
+    base_url: str = "http://127.0.0.1:8000"
+
+    # Comma-separated, newest first: sign with the first, accept any (key rotation).
+    secret_keys: str = DEV_SECRET
+    # Stable key for address hashes (suppressions survive erasure of the address).
+    hash_key: str = DEV_SECRET
+
+    sender: str = Field(default="النشرة الإخبارية <news@example.com>", alias="MAILER_FROM")
+    reply_to: str = "desk@example.com"
+    postal_address: str = "١٢ شارع التحرير، القاهرة، مصر"
+    site_name: str = "الأخبار العاجلة"
+    site_url: str = "https://news.example.com"
+    list_id: str = "breaking.news.example.com"
+    bounce_domain: str = ""
+    feedback_id_sender: str = "newsroom"
+    utm_source: str = "newsletter"
+    utm_medium: str = "email"
+
+    date_locale: str = "ar_EG"
+    arabic_digits: bool = True
+    hijri_date: bool = False
+
+    # Sending.
+    alert_batch_size: int = 100
+    digest_batch_size: int = 500
+    claim_chunk: int = 50
+    lease_seconds: float = 150.0
+    retry_base_seconds: float = 60.0
+    retry_max_seconds: float = 3600.0
+    max_attempts: int = 8
+    max_age_seconds: float = 2 * 86400.0
+    sweep_interval_seconds: float = 10.0
+    stall_seconds: float = 60.0
+    broker_visibility_timeout: int = 3 * 3600
+    broker_poll_interval: float = 0.05
+
+    # The queue implementation, loaded by import path so that ``mailer`` never imports Celery.
+    dispatcher: str = "workers.dispatcher:CeleryDispatcher"
+
+    web_host: str = "127.0.0.1"
+    web_port: int = 8000
+    worker_concurrency: int = 2
+
+    @property
+    def database(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'mailer.db').resolve()}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_is_embedded(self) -> bool:
+        return self.broker.startswith("filesystem://")
+
+    @property
+    def broker_dir(self) -> Path:
+        return (self.data_dir / "broker").resolve()
+
+    @property
+    def sink_dir(self) -> Path:
+        return (self.data_dir / "sink").resolve()
+
+    @property
+    def keys(self) -> list[str]:
+        return [k.strip() for k in self.secret_keys.split(",") if k.strip()]
+
+    @property
+    def sender_domain(self) -> str:
+        return self.sender.rsplit("@", 1)[-1].strip(" >").lower()
+
+    @property
+    def envelope_domain(self) -> str:
+        return self.bounce_domain or self.sender_domain
+
+    @property
+    def sink_address(self) -> tuple[str, int]:
+        parts = urlsplit(self.smtp_url)
+        return parts.hostname or "127.0.0.1", parts.port or 8025
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,385 @@
+"""Claim, send, record — one message at a time (DESIGN.md invariant 4).
+
+A batch task claims small chunks of its id range with a lease (``FOR UPDATE SKIP LOCKED`` on
+PostgreSQL; SQLite's ``BEGIN IMMEDIATE`` makes the conditional UPDATE atomic), sends each
+message over the process's one SMTP connection, and commits each result as soon as the server
+answers. A killed worker loses at most the one message accepted but not yet recorded; its
+leased rows are reclaimed by the sweeper when the lease expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from email.utils import format_datetime
+
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.orm import Session
+
+from mailer import placeholders as ph
+from mailer.config import Settings
+from mailer.dispatch import Batch
+from mailer.editions import eligible, topic_ids_for
+from mailer.message import MessageSpec, MessageTemplate
+from mailer.models import (
+    Delivery,
+    DeliveryStatus,
+    Edition,
+    EditionStatus,
+    Subscriber,
+    SubscriberStatus,
+    utcnow,
+)
+from mailer.suppress import suppress_address
+from mailer.tokens import PREFERENCES, UNSUBSCRIBE, Tokens
+from mailer.transport import Outcome, SendResult, Transport
+
+log = logging.getLogger(__name__)
+
+NAME_LIMIT = 100
+
+
+@dataclass
+class PreparedEdition:
+    """Everything per edition that is computed once per worker process, not per reader."""
+
+    edition_id: int
+    kind: str
+    topic_id: int
+    topic_ids: list[int]
+    cadence: str
+    spec: MessageSpec
+    templates: dict[bool, MessageTemplate] = field(default_factory=dict)
+
+    def template(self, eightbit: bool) -> MessageTemplate:
+        if eightbit not in self.templates:
+            self.templates[eightbit] = MessageTemplate.build(self.spec, eightbit=eightbit)
+        return self.templates[eightbit]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    delivery_id: int
+    subscriber_id: int
+    email: str
+    name: str
+    needs_smtputf8: bool
+    attempts: int
+    created_at: datetime
+
+
+@dataclass
+class BatchReport:
+    claimed: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    stopped: str = ""
+
+
+def greeting(name: str) -> str:
+    clean = "".join(ch for ch in name[:NAME_LIMIT] if ch.isprintable()).strip()
+    return f"مرحباً {clean}،" if clean else "مرحباً،"
+
+
+class EditionSender:
+    """Sends batches for one worker process: one transport, one cache of prepared editions."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        transport: Transport,
+        *,
+        now: Callable[[], datetime] = utcnow,
+        jitter: Callable[[], float] = random.random,
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.transport = transport
+        self.tokens = Tokens(settings)
+        self.now = now
+        self.jitter = jitter
+        self._prepared: dict[int, PreparedEdition] = {}
+        self._date_cache: tuple[int, str] = (0, "")
+
+    # -- preparation, once per edition per process ------------------------------------------
+
+    def prepare(self, edition_id: int) -> PreparedEdition | None:
+        if edition_id in self._prepared:
+            return self._prepared[edition_id]
+        with Session(self.engine) as session:
+            edition = session.get(Edition, edition_id)
+            if edition is None:
+                return None
+            spec = MessageSpec(
+                subject=edition.subject,
+                html=edition.html,
+                text=edition.text,
+                sender=self.settings.sender,
+                reply_to=self.settings.reply_to or None,
+                list_id=self.settings.list_id,
+                kind=edition.kind,
+                feedback_id=f"{edition.id}:{edition.kind}:{self.settings.feedback_id_sender}",
+            )
+            prepared = PreparedEdition(
+                edition_id=edition.id,
+                kind=edition.kind,
+                topic_id=edition.topic_id,
+                topic_ids=topic_ids_for(session, edition),
+                cadence=edition.cadence,
+                spec=spec,
+            )
+        if len(self._prepared) > 16:  # a worker lives for many editions: keep the cache small
+            self._prepared.pop(next(iter(self._prepared)))
+        self._prepared[edition_id] = prepared
+        return prepared
+
+    # -- the batch loop --------------------------------------------------------------------
+
+    def send_batch(self, batch: Batch) -> BatchReport:
+        report = BatchReport()
+        prepared = self.prepare(batch.edition_id)
+        if prepared is None:
+            report.stopped = "edition not found"
+            return report
+        owner = uuid.uuid4().hex
+        while True:
+            chunk = self._claim(prepared, batch, owner)
+            if chunk is None:
+                report.stopped = "edition not sending"
+                return report
+            if not chunk:
+                self._skip_ineligible(prepared, batch)
+                return report
+            report.claimed += len(chunk)
+            if not self._send_chunk(prepared, chunk, owner, report):
+                report.stopped = "edition paused or cancelled"
+                return report
+
+    def _edition_status(self, conn: Connection, edition_id: int) -> str | None:
+        return conn.scalar(select(Edition.status).where(Edition.id == edition_id))
+
+    def _claim(self, prepared: PreparedEdition, batch: Batch, owner: str) -> list[Claimed] | None:
+        moment = self.now()
+        with self.engine.begin() as conn:
+            if self._edition_status(conn, batch.edition_id) != EditionStatus.SENDING:
+                return None
+            candidates = (
+                select(Delivery.id)
+                .where(
+                    Delivery.edition_id == batch.edition_id,
+                    Delivery.status == DeliveryStatus.QUEUED,
+                    Delivery.id.between(batch.first_id, batch.last_id),
+                    eligible(Delivery.subscriber_id, prepared.topic_ids, prepared.cadence),
+                )
+                .order_by(Delivery.id)
+                .limit(self.settings.claim_chunk)
+                .with_for_update(skip_locked=True, of=Delivery)
+            )
+            rows = conn.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(candidates))
+                .values(
+                    status=DeliveryStatus.SENDING,
+                    lease_owner=owner,
+                    lease_expires_at=moment + timedelta(seconds=self.settings.lease_seconds),
+                    attempts=Delivery.attempts + 1,
+                )
+                .returning(
+                    Delivery.id, Delivery.subscriber_id, Delivery.attempts, Delivery.created_at
+                )
+            ).all()
+            if not rows:
+                return []
+            readers = {
+                r.id: r
+                for r in conn.execute(
+                    select(
+                        Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.needs_smtputf8
+                    ).where(Subscriber.id.in_([row.subscriber_id for row in rows]))
+                )
+            }
+            conn.execute(
+                update(Edition).where(Edition.id == batch.edition_id).values(progress_at=moment)
+            )
+        claimed = []
+        for row in sorted(rows, key=lambda r: r.id):
+            reader = readers[row.subscriber_id]
+            claimed.append(
+                Claimed(
+                    row.id,
+                    reader.id,
+                    reader.email,
+                    reader.name or "",
+                    bool(reader.needs_smtputf8),
+                    row.attempts,
+                    row.created_at,
+                )
+            )
+        return claimed
+
+    def _skip_ineligible(self, prepared: PreparedEdition, batch: Batch) -> None:
+        """Rows left queued in the range belong to readers who left or were suppressed."""
+        with self.engine.begin() as conn:
+            if self._edition_status(conn, batch.edition_id) != EditionStatus.SENDING:
+                return
+            conn.execute(
+                update(Delivery)
+                .where(
+                    Delivery.edition_id == batch.edition_id,
+                    Delivery.status == DeliveryStatus.QUEUED,
+                    Delivery.id.between(batch.first_id, batch.last_id),
+                    ~eligible(Delivery.subscriber_id, prepared.topic_ids, prepared.cadence),
+                )
+                .values(
+                    status=DeliveryStatus.SUPPRESSED,
+                    last_response="unsubscribed or suppressed before sending",
+                )
+            )
+
+    def _send_chunk(
+        self, prepared: PreparedEdition, chunk: Sequence[Claimed], owner: str, report: BatchReport
+    ) -> bool:
+        check_at = time.monotonic() + 1.0
+        renew_at = time.monotonic() + self.settings.lease_seconds / 3
+        for index, reader in enumerate(chunk):
+            if time.monotonic() >= check_at:
+                check_at = time.monotonic() + 1.0
+                with self.engine.connect() as conn:
+                    status = self._edition_status(conn, prepared.edition_id)
+                if status != EditionStatus.SENDING:
+                    self._release([c.delivery_id for c in chunk[index:]], owner)
+                    return False
+            if time.monotonic() >= renew_at:
+                renew_at = time.monotonic() + self.settings.lease_seconds / 3
+                self._renew([c.delivery_id for c in chunk[index:]], owner)
+            try:
+                result = self._send_one(prepared, reader)
+            except Exception:
+                self._release([c.delivery_id for c in chunk[index:]], owner)
+                raise
+            self._record(prepared, reader, result, owner)
+            report.outcomes[result.outcome] = report.outcomes.get(result.outcome, 0) + 1
+        return True
+
+    def _date(self) -> str:
+        second = int(time.time())
+        if self._date_cache[0] != second:
+            self._date_cache = (second, format_datetime(self.now()))
+        return self._date_cache[1]
+
+    def _send_one(self, prepared: PreparedEdition, reader: Claimed) -> SendResult:
+        unsubscribe = self.tokens.sign(
+            UNSUBSCRIBE, [reader.subscriber_id, prepared.topic_id, prepared.cadence]
+        )
+        values = {
+            ph.TO: reader.email,
+            ph.MESSAGE_ID: self.tokens.message_id(prepared.edition_id, reader.subscriber_id),
+            ph.DATE: self._date(),
+            ph.UNSUBSCRIBE_URL: f"{self.settings.base_url}/unsubscribe/{unsubscribe}",
+            ph.UNSUBSCRIBE_MAILTO: (
+                f"mailto:unsubscribe@{self.settings.envelope_domain}?subject={unsubscribe}"
+            ),
+            ph.PREFERENCES_URL: (
+                f"{self.settings.base_url}/preferences/"
+                f"{self.tokens.sign(PREFERENCES, reader.subscriber_id)}"
+            ),
+            ph.GREETING: greeting(reader.name),
+            ph.EMAIL: reader.email,
+        }
+        eightbit = self.transport.eightbitmime
+        data = prepared.template(eightbit).personalise(values)
+        return self.transport.send(
+            self.tokens.verp_address(reader.delivery_id),
+            reader.email,
+            data,
+            smtputf8=reader.needs_smtputf8,
+        )
+
+    def _backoff(self, attempts: int) -> float:
+        base = self.settings.retry_base_seconds * 2 ** max(attempts - 1, 0)
+        return float(min(self.settings.retry_max_seconds, base) * (0.5 + self.jitter()))
+
+    def _record(
+        self, prepared: PreparedEdition, reader: Claimed, result: SendResult, owner: str
+    ) -> None:
+        moment = self.now()
+        values: dict[str, object] = {
+            "last_code": result.code,
+            "last_response": result.text[:1000],
+            "lease_owner": None,
+            "lease_expires_at": None,
+        }
+        if result.outcome == Outcome.SENT:
+            values.update(
+                status=DeliveryStatus.SENT,
+                sent_at=moment,
+                message_id=self.tokens.message_id(prepared.edition_id, reader.subscriber_id),
+            )
+        elif result.outcome == Outcome.TEMPORARY:
+            too_old = (moment - reader.created_at).total_seconds() > self.settings.max_age_seconds
+            if reader.attempts >= self.settings.max_attempts or too_old:
+                values.update(
+                    status=DeliveryStatus.FAILED,
+                    last_response=f"gave up after {reader.attempts} attempts: {result.text}"[:1000],
+                )
+            else:
+                values.update(
+                    status=DeliveryStatus.DEFERRED,
+                    next_attempt_at=moment + timedelta(seconds=self._backoff(reader.attempts)),
+                )
+        elif result.outcome == Outcome.HARD_BOUNCE:
+            values.update(status=DeliveryStatus.BOUNCED)
+        else:
+            values.update(status=DeliveryStatus.FAILED)
+        with self.engine.begin() as conn:
+            updated = conn.execute(
+                update(Delivery)
+                .where(Delivery.id == reader.delivery_id, Delivery.lease_owner == owner)
+                .values(**values)
+            ).rowcount
+            if result.outcome == Outcome.HARD_BOUNCE:
+                suppress_address(
+                    conn, reader.email, "hard_bounce", result.text[:200], self.settings
+                )
+                conn.execute(
+                    update(Subscriber)
+                    .where(Subscriber.id == reader.subscriber_id)
+                    .values(status=SubscriberStatus.BOUNCED)
+                )
+        if not updated:
+            log.warning("delivery %s was reclaimed while being sent", reader.delivery_id)
+
+    def _release(self, delivery_ids: list[int], owner: str) -> None:
+        """Give claimed-but-unsent rows back (pause, or an error): not counted as attempts."""
+        if not delivery_ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Delivery)
+                .where(
+                    Delivery.id.in_(delivery_ids),
+                    Delivery.lease_owner == owner,
+                    Delivery.status == DeliveryStatus.SENDING,
+                )
+                .values(
+                    status=DeliveryStatus.QUEUED,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    attempts=Delivery.attempts - 1,
+                )
+            )
+
+    def _renew(self, delivery_ids: list[int], owner: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Delivery)
+                .where(Delivery.id.in_(delivery_ids), Delivery.lease_owner == owner)
+                .values(
+                    lease_expires_at=self.now() + timedelta(seconds=self.settings.lease_seconds)
+                )
+            )

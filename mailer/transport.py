@@ -1,0 +1,587 @@
+"""SMTP delivery: the only module in the project that imports :mod:`smtplib`.
+
+* :class:`Transport` is the seam. :class:`SmtpTransport` talks to a real server over one reused
+  connection; :class:`MemoryTransport` records messages for unit tests of the delivery logic.
+* :func:`classify` is the one rule that turns an SMTP reply into an :class:`Outcome`.
+* :class:`SmtpConfig` is parsed from ``MAILER_SMTP_URL``.
+
+``send()`` never raises for network trouble: every smtplib, socket and ssl failure comes back
+as a :class:`SendResult`, so a worker records it per recipient and moves on (DESIGN §2.4-5).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+import socket
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, fields
+from enum import StrEnum
+from functools import cache
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+log = logging.getLogger(__name__)
+
+NO_SMTPUTF8 = "recipient needs SMTPUTF8 but the server does not offer it"
+# ssl.SSLError, socket.timeout and socket.gaierror are all OSErrors.
+_NETWORK_ERRORS = (smtplib.SMTPException, OSError)
+_ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})(?!\S)")
+# Replies of servers that give no enhanced code but clearly mean "this mailbox does not exist".
+_NO_SUCH_USER = re.compile(
+    r"user unknown|unknown user|no such (user|mailbox|recipient)|recipient unknown|"
+    r"unknown recipient|invalid recipient|mailbox (unavailable|not found|does not exist)|"
+    r"(user|recipient|account) (not found|does not exist)",
+    re.IGNORECASE,
+)
+# 5.1.7/5.1.8 are about *our* sender address: suppressing the reader for them would be wrong.
+_SENDER_STATUSES = frozenset({"5.1.7", "5.1.8"})
+
+
+_Reply = tuple[int, bytes]
+
+
+class Outcome(StrEnum):
+    """What a send means for the recipient's delivery row."""
+
+    SENT = "sent"
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+    HARD_BOUNCE = "hard_bounce"
+
+
+def enhanced_status(text: str) -> str | None:
+    """The RFC 3463 enhanced status code ("5.1.1") a reply text starts with, if any."""
+    match = _ENHANCED.match(text)
+    return match.group(1) if match else None
+
+
+def classify(code: int | None, text: str) -> Outcome:
+    """The one place failures are classified (Mailman's rule, plus hard bounces).
+
+    2xx sent; 4xx, no reply (timeouts, disconnects) or anything unexpected: temporary, since
+    nothing was accepted and a retry is safe. 5xx permanent, except 552 and 5.2.2 (mailbox
+    full: the reader may make room). A 5.1.x status, or a 550/551/553 without one whose text
+    says the user is unknown, is a hard bounce: the address itself is bad.
+    """
+    if code is None or code // 100 != 5:
+        return Outcome.SENT if code is not None and code // 100 == 2 else Outcome.TEMPORARY
+    enhanced = enhanced_status(text)
+    if enhanced is not None:
+        if enhanced.startswith("5.1.") and enhanced not in _SENDER_STATUSES:
+            return Outcome.HARD_BOUNCE
+        if enhanced == "5.2.2":
+            return Outcome.TEMPORARY
+    elif code in (550, 551, 553) and _NO_SUCH_USER.search(text):
+        return Outcome.HARD_BOUNCE
+    return Outcome.TEMPORARY if code == 552 else Outcome.PERMANENT
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """The server's answer for one recipient (or a clear description when there was none)."""
+
+    outcome: Outcome
+    code: int | None
+    text: str
+    enhanced: str | None
+
+    @classmethod
+    def from_reply(cls, code: int, text: str | bytes) -> SendResult:
+        """Build a result from a server reply, classified by :func:`classify`."""
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", "replace")
+        return cls(classify(code, text), code, text, enhanced_status(text))
+
+    @classmethod
+    def temporary(cls, text: str, code: int | None = None) -> SendResult:
+        """A failure that says nothing about the recipient: retry later."""
+        return cls(Outcome.TEMPORARY, code, text, enhanced_status(text))
+
+
+def _flag(key: str, value: str) -> bool:
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"SMTP URL option {key}= must be true or false, not {value!r}")
+
+
+def _seconds(key: str, value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):
+        raise ValueError(f"SMTP URL option {key}= must be a positive number of seconds")
+    return seconds
+
+
+@dataclass(frozen=True, repr=False)
+class SmtpConfig:
+    """Where and how to send; see :meth:`from_url`. The password never appears in repr()."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    starttls: bool
+    ssl: bool
+    connect_timeout: float = 10.0
+    message_timeout: float = 60.0
+    local_hostname: str | None = None
+    verify_tls: bool = True
+
+    @classmethod
+    def from_url(cls, url: str) -> SmtpConfig:
+        """Parse ``smtp[s]://[user[:pass]@]host[:port][?option=value&...]``.
+
+        Options: ``starttls``, ``connect_timeout`` and ``timeout`` (the per-message deadline,
+        also ``message_timeout``) in seconds, ``local_hostname`` (the EHLO name) and
+        ``verify`` (TLS certificate checks, default true). ``smtps`` is implicit TLS on port
+        465; ``smtp`` defaults to port 25. Error messages never echo the URL (it may hold a
+        password).
+        """
+        parts = urlsplit(url.strip())
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError("SMTP URL must start with smtp:// or smtps://")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ValueError("SMTP URL has an invalid port (expected 1-65535)") from None
+        if not parts.hostname:
+            raise ValueError("SMTP URL has no host (expected smtp://host:port)")
+        if parts.path not in ("", "/") or parts.fragment or port == 0:
+            raise ValueError("SMTP URL must be smtp[s]://[user:pass@]host[:port][?options]")
+        options: dict[str, object] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key == "starttls":
+                options["starttls"] = _flag(key, value)
+            elif key == "verify":
+                options["verify_tls"] = _flag(key, value)
+            elif key == "connect_timeout":
+                options["connect_timeout"] = _seconds(key, value)
+            elif key in ("timeout", "message_timeout"):
+                options["message_timeout"] = _seconds(key, value)
+            elif key == "local_hostname" and value:
+                options["local_hostname"] = value
+            else:
+                raise ValueError(
+                    f"unknown SMTP URL option {key!r} (known: starttls, connect_timeout, "
+                    "timeout, local_hostname, verify)"
+                )
+        implicit_tls = parts.scheme == "smtps"
+        if implicit_tls and options.get("starttls"):
+            raise ValueError("smtps:// is already TLS: starttls=true makes no sense with it")
+        return cls(
+            host=parts.hostname,
+            port=port or (465 if implicit_tls else 25),
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password is not None else None,
+            starttls=bool(options.pop("starttls", False)),
+            ssl=implicit_tls,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def __repr__(self) -> str:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.password:
+            values["password"] = "***"
+        return f"SmtpConfig({', '.join(f'{k}={v!r}' for k, v in values.items())})"
+
+
+class Transport(Protocol):
+    """The seam between the delivery logic and the mail server."""
+
+    def send(
+        self, sender: str, recipient: str, data: bytes, *, smtputf8: bool = False
+    ) -> SendResult:
+        """Offer one message to one recipient; never raises for network trouble."""
+        ...
+
+    @property
+    def eightbitmime(self) -> bool:
+        """Whether the server accepts 8-bit bodies (connects if it is not known yet)."""
+        ...
+
+    def close(self) -> None:
+        """Say goodbye; the transport may be used again afterwards."""
+        ...
+
+
+def _shutdown(sock: socket.socket) -> None:
+    # The base-class method on purpose: SSLSocket.shutdown() drops its SSL object while the
+    # other thread may still be reading through it.
+    with suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _Deadline:
+    """The per-message deadline, enforced by one long-lived daemon thread per transport.
+
+    smtplib's timeout applies to each socket operation, so a server that trickles a byte now
+    and then never trips it (DESIGN §7). Arming only stores a deadline and notifies a
+    Condition, so it costs no thread per message; when the deadline passes, the thread shuts
+    the watched socket down and whatever call is blocked on it fails at once. ``phase`` and
+    ``limit`` say what was being waited for, for the error text.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._deadline: float | None = None
+        self._sock: socket.socket | None = None
+        self._stopped = False
+        self.fired = False
+        self.limit = 0.0
+        self.phase = ""
+
+    def arm(self, deadline: float, limit: float) -> None:
+        with self._cond:
+            # is_alive() is also False in a forked child, which then gets its own thread.
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="smtp-deadline", daemon=True)
+                self._thread.start()
+            self._deadline, self.limit, self.fired = deadline, limit, False
+            self._cond.notify()
+
+    def disarm(self) -> bool:
+        """Stop watching the clock; True if the deadline fired (the socket is unusable)."""
+        with self._cond:
+            self._deadline = None
+            return self.fired
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Guard this socket from now on (None before closing it, so no stale fd is shut)."""
+        with self._cond:
+            self._sock = sock
+            if sock is not None and self.fired:
+                _shutdown(sock)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                if self._deadline is None:
+                    self._cond.wait()
+                    continue
+                remaining = self._deadline - time.monotonic()
+                if remaining > 0:
+                    self._cond.wait(remaining)
+                    continue
+                self.fired, self._deadline = True, None
+                if self._sock is not None:
+                    _shutdown(self._sock)
+
+
+class _GuardedSMTP(smtplib.SMTP):
+    """smtplib.SMTP that hands its socket to the deadline as soon as it exists, so even a
+    trickled greeting is cut off. Connects in the constructor, as smtplib does: only that
+    path records the host name that TLS checks the certificate against."""
+
+    def __init__(self, guard: _Deadline, host: str, port: int, **kwargs: Any) -> None:
+        self.guard = guard
+        super().__init__(host, port, **kwargs)
+
+    def _get_socket(self, host: str, port: int, timeout: float) -> socket.socket:
+        sock: socket.socket = super()._get_socket(host, port, timeout)  # type: ignore[misc]
+        self.guard.watch(sock)
+        self.guard.phase = "waiting for the greeting"
+        return sock
+
+
+class _GuardedSMTPS(_GuardedSMTP, smtplib.SMTP_SSL):
+    """Implicit TLS (smtps://) with the same guard."""
+
+
+@cache
+def _fqdn() -> str:
+    # getfqdn() may hit DNS: once per process, not once per connection.
+    return socket.getfqdn()
+
+
+class SmtpTransport:
+    """A :class:`Transport` over one reused SMTP connection (not thread-safe: one per worker).
+
+    The constructor does not connect (workers create it after the fork); the first send does.
+    Per message it runs MAIL, RCPT and DATA itself, so the reply of the failing step is known,
+    under an overall deadline of ``config.message_timeout`` seconds.
+    """
+
+    def __init__(self, config: SmtpConfig) -> None:
+        self.config = config
+        self.connections = 0  # connections opened so far (for metrics and tests)
+        self._smtp: _GuardedSMTP | None = None
+        self._eightbitmime: bool | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._guard = _Deadline()
+        # The thread references only the guard, so it stops when the transport is collected.
+        weakref.finalize(self, self._guard.stop)
+
+    def send(
+        self, sender: str, recipient: str, data: bytes, *, smtputf8: bool = False
+    ) -> SendResult:
+        """Offer ``data`` (CRLF line endings) to ``recipient``; see the module docstring."""
+        if not isinstance(data, bytes):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        if any(c in address for address in (sender, recipient) for c in "\r\n"):
+            raise ValueError("an envelope address contains CR or LF")
+        utf8 = smtputf8 or not (sender.isascii() and recipient.isascii())
+        deadline = time.monotonic() + self.config.message_timeout
+        self._guard.arm(deadline, self.config.message_timeout)
+        try:
+            result = self._attempt(sender, recipient, data, utf8, deadline, may_retry=True)
+            if result is None:  # an idle connection was dropped before MAIL FROM: try once more
+                log.info("SMTP connection dropped while idle; reconnecting")
+                result = self._attempt(sender, recipient, data, utf8, deadline, may_retry=False)
+            assert result is not None
+            return result
+        finally:
+            if self._guard.disarm():  # fired after the last check: the socket is shut
+                self._discard()
+
+    @property
+    def eightbitmime(self) -> bool:
+        """Whether the server offers 8BITMIME: remembered from the last connection, else
+        connects to find out (False when it cannot connect; the send will report why)."""
+        if self._smtp is None and self._eightbitmime is None:
+            deadline = time.monotonic() + self.config.connect_timeout
+            self._guard.arm(deadline, self.config.connect_timeout)
+            try:
+                self._connect(deadline)
+            except _NETWORK_ERRORS as exc:
+                log.warning("cannot reach the SMTP server to check 8BITMIME: %s", exc)
+            finally:
+                self._guard.disarm()
+        return bool(self._eightbitmime)
+
+    def close(self) -> None:
+        """QUIT politely (errors ignored); the next send reconnects."""
+        if self._smtp is None:
+            return
+        self._guard.arm(time.monotonic() + self.config.connect_timeout, self.config.connect_timeout)
+        try:
+            with suppress(*_NETWORK_ERRORS):
+                self._smtp.quit()
+        finally:
+            self._guard.disarm()
+            self._discard()
+
+    def _attempt(
+        self,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        utf8: bool,
+        deadline: float,
+        *,
+        may_retry: bool,
+    ) -> SendResult | None:
+        reused = self._smtp is not None
+        guard = self._guard
+        try:
+            smtp = self._smtp or self._connect(deadline)
+            options = []
+            if utf8:
+                if not smtp.has_extn("smtputf8"):
+                    return SendResult(Outcome.PERMANENT, None, NO_SMTPUTF8, None)
+                options.append("SMTPUTF8")
+            if (utf8 or not data.isascii()) and smtp.has_extn("8bitmime"):
+                options.append("BODY=8BITMIME")
+            # smtplib switches to UTF-8 commands for SMTPUTF8 but never switches back.
+            smtp.command_encoding = "utf-8" if utf8 else "ascii"
+            assert smtp.sock is not None
+            smtp.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            guard.phase = "waiting for the reply to MAIL FROM"
+            try:
+                code, reply = self._check_deadline(smtp.mail(sender, options))
+            except smtplib.SMTPServerDisconnected as exc:
+                # Nothing of this message was accepted yet, so a retry cannot duplicate it.
+                if reused and may_retry and not self._timed_out(exc):
+                    self._discard()
+                    return None
+                raise
+            if code // 100 != 2:
+                return self._refused(smtp, code, reply)
+            guard.phase = "waiting for the reply to RCPT TO"
+            code, reply = self._check_deadline(smtp.rcpt(recipient))
+            if code // 100 != 2:
+                return self._refused(smtp, code, reply)
+            guard.phase = "waiting for the reply to DATA"
+            try:
+                # Never retried from here on: the server may have accepted it.
+                code, reply = self._check_deadline(smtp.data(data))
+            except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+                self._check_deadline()
+                return self._refused(smtp, exc.smtp_code, exc.smtp_error)
+            if code == 421:
+                self._discard()
+            return SendResult.from_reply(code, reply)
+        except _NETWORK_ERRORS as exc:
+            self._discard()
+            return self._failure(exc)
+
+    def _timed_out(self, exc: BaseException) -> bool:
+        # The socket timeout (set to the time left) may beat the watchdog to it; smtplib then
+        # reports "Connection unexpectedly closed: timed out", chained to the TimeoutError.
+        return (
+            self._guard.fired
+            or isinstance(exc, TimeoutError)
+            or isinstance(exc.__context__, TimeoutError)
+        )
+
+    def _check_deadline(self, reply: _Reply = (0, b"")) -> _Reply:
+        """Pass the reply through unless the deadline fired: the shutdown makes smtplib read
+        a reply cut short ("25" of a trickled "250 ...") as if it were whole."""
+        if self._guard.fired:
+            raise TimeoutError("the deadline passed")
+        return reply
+
+    def _refused(self, smtp: smtplib.SMTP, code: int, reply: bytes | str) -> SendResult:
+        """A refusal before the message was accepted: RSET so the connection can be reused,
+        except after 421, when the server is closing it anyway."""
+        result = SendResult.from_reply(code, reply)
+        if code == 421:
+            self._discard()
+            return result
+        self._guard.phase = "waiting for the reply to RSET"
+        try:
+            smtp.rset()
+        except _NETWORK_ERRORS:
+            self._discard()
+        return result
+
+    def _failure(self, exc: BaseException) -> SendResult:
+        """Describe a network failure as a temporary result."""
+        guard, cfg = self._guard, self.config
+        if self._timed_out(exc):
+            return SendResult.temporary(f"timed out after {guard.limit:g} s {guard.phase}")
+        if isinstance(exc, ConnectionRefusedError):
+            return SendResult.temporary(f"connection refused by {cfg.host}:{cfg.port}")
+        if isinstance(exc, socket.gaierror):
+            return SendResult.temporary(f"cannot resolve {cfg.host}: {exc.strerror}")
+        if isinstance(exc, smtplib.SMTPResponseException):
+            # Refused at the greeting, EHLO, STARTTLS or AUTH: a problem of the session, not of
+            # this recipient, so it never condemns the address even when it is a 5xx.
+            text = (
+                exc.smtp_error.decode("utf-8", "replace")
+                if isinstance(exc.smtp_error, bytes)
+                else str(exc.smtp_error)
+            )
+            return SendResult.temporary(f"{text} ({guard.phase})", exc.smtp_code)
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            return SendResult.temporary(f"connection lost {guard.phase}: {exc}")
+        return SendResult.temporary(f"{type(exc).__name__} {guard.phase}: {exc}")
+
+    def _connect(self, deadline: float) -> _GuardedSMTP:
+        """Open, greet, EHLO, STARTTLS, log in. Bounded by the connect timeout (or by the
+        message deadline if that comes first); raises network errors."""
+        cfg, guard = self.config, self._guard
+        now = time.monotonic()
+        if now + cfg.connect_timeout < deadline:
+            guard.arm(now + cfg.connect_timeout, cfg.connect_timeout)
+            phase_deadline = now + cfg.connect_timeout
+        else:
+            phase_deadline = deadline
+        timeout = max(phase_deadline - now, 0.001)
+        options: dict[str, Any] = {"local_hostname": cfg.local_hostname or _fqdn()}
+        if cfg.ssl:
+            options["context"] = self._tls_context()
+        guard.phase = f"connecting to {cfg.host}:{cfg.port}"
+        # smtplib closes the socket itself when connecting or the greeting fails.
+        smtp = (_GuardedSMTPS if cfg.ssl else _GuardedSMTP)(
+            guard, cfg.host, cfg.port, timeout=timeout, **options
+        )
+        try:
+            guard.phase = "waiting for the reply to EHLO"
+            smtp.ehlo_or_helo_if_needed()
+            if cfg.starttls:
+                guard.phase = "waiting for the reply to STARTTLS"
+                smtp.starttls(context=self._tls_context())
+                guard.watch(smtp.sock)  # the TLS socket replaces the plain one
+                guard.phase = "waiting for the reply to EHLO"
+                smtp.ehlo_or_helo_if_needed()
+            if cfg.username:
+                guard.phase = "waiting for the reply to AUTH"
+                smtp.login(cfg.username, cfg.password or "")
+            self._check_deadline()
+        except BaseException:
+            guard.watch(None)
+            smtp.close()
+            raise
+        guard.arm(deadline, cfg.message_timeout)
+        self._smtp, self._eightbitmime = smtp, smtp.has_extn("8bitmime")
+        self.connections += 1
+        return smtp
+
+    def _discard(self) -> None:
+        """Forget the connection (after a timeout, a 421 or a network error)."""
+        smtp, self._smtp = self._smtp, None
+        self._guard.watch(None)
+        if smtp is not None:
+            with suppress(OSError):
+                smtp.close()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = ssl.create_default_context()
+            if not self.config.verify_tls:
+                self._tls.check_hostname = False
+                self._tls.verify_mode = ssl.CERT_NONE
+        return self._tls
+
+
+Script = Mapping[str, SendResult] | Callable[[str], SendResult]
+_ACCEPTED = SendResult(Outcome.SENT, 250, "2.0.0 OK", "2.0.0")
+
+
+class MemoryTransport:
+    """An in-memory :class:`Transport` for unit tests of the delivery logic (no sockets).
+
+    Every call is recorded in ``attempts``; accepted ones also in ``sent``, as
+    ``(sender, recipient, data)``. ``script`` (a dict or a callable, by recipient) decides the
+    result; unscripted recipients are accepted.
+    """
+
+    def __init__(
+        self, script: Script | None = None, *, eightbitmime: bool = True, smtputf8: bool = True
+    ) -> None:
+        self.script = script
+        self.smtputf8 = smtputf8
+        self.sent: list[tuple[str, str, bytes]] = []
+        self.attempts: list[tuple[str, str, bytes]] = []
+        self.closed = 0
+        self._eightbitmime = eightbitmime
+
+    def send(
+        self, sender: str, recipient: str, data: bytes, *, smtputf8: bool = False
+    ) -> SendResult:
+        if not isinstance(data, bytes):
+            raise TypeError(f"data must be bytes, not {type(data).__name__}")
+        self.attempts.append((sender, recipient, data))
+        if smtputf8 and not self.smtputf8:
+            return SendResult(Outcome.PERMANENT, None, NO_SMTPUTF8, None)
+        if callable(self.script):
+            result = self.script(recipient)
+        else:
+            result = (self.script or {}).get(recipient, _ACCEPTED)
+        if result.outcome is Outcome.SENT:
+            self.sent.append((sender, recipient, data))
+        return result
+
+    @property
+    def eightbitmime(self) -> bool:
+        return self._eightbitmime
+
+    def close(self) -> None:
+        self.closed += 1

@@ -1,0 +1,49 @@
+"""The web application (FastAPI): reader pages, JSON API, admin UI, health and metrics."""
+
+from __future__ import annotations
+
+import socket
+from urllib.parse import urlsplit
+
+from fastapi import FastAPI, Response
+from sqlalchemy import text
+
+from mailer import db
+from mailer.config import Settings, get_settings
+
+
+def broker_reachable(settings: Settings) -> bool:
+    """The broker answers (Redis: a PING over a plain socket; embedded: its folder exists)."""
+    if settings.broker_is_embedded:
+        return settings.broker_dir.is_dir()
+    parts = urlsplit(settings.broker)
+    try:
+        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 2) as s:
+            if parts.password:
+                s.sendall(f"AUTH {parts.password}\r\n".encode())
+                s.recv(64)
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    app = FastAPI(title="mailer", summary="Newsletter and breaking-news delivery")
+
+    @app.get("/healthz")
+    def healthz(response: Response) -> dict[str, bool]:
+        """Database and broker reachable (used by the compose health checks)."""
+        try:
+            with db.get_engine().connect() as conn:
+                conn.execute(text("SELECT 1"))
+            database = True
+        except Exception:
+            database = False
+        broker = broker_reachable(settings)
+        if not (database and broker):
+            response.status_code = 503
+        return {"database": database, "broker": broker}
+
+    return app

@@ -1,0 +1,39 @@
+"""The Celery implementation of :class:`mailer.dispatch.Dispatcher`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from kombu.entity import Queue
+
+from mailer.dispatch import Batch
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+
+class CeleryDispatcher:
+    def __init__(self, app: Celery | None = None) -> None:
+        self._app = app
+
+    def dispatch(self, queue: str, batches: list[Batch]) -> None:
+        if self._app is None:
+            from workers.app import app  # imported late: the app reads settings at import
+
+            self._app = app
+        app = self._app
+        if not batches:
+            return
+        # Declaring the queue on publish restores kombu's routing table if Redis was flushed
+        # (otherwise publishing fails with "Cannot route message" until a worker restarts).
+        declare = [Queue(queue, routing_key=queue)]
+        with app.producer_or_acquire() as producer:
+            for batch in batches:
+                app.send_task(
+                    "mailer.send_batch",
+                    args=[batch.edition_id, batch.first_id, batch.last_id],
+                    queue=queue,
+                    routing_key=queue,
+                    declare=declare,
+                    producer=producer,
+                )

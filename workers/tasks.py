@@ -1,0 +1,40 @@
+"""Thin tasks: unpack ids, call ``mailer``, map errors to retries. No logic lives here."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from mailer import db
+from mailer.config import get_settings
+from mailer.dispatch import Batch
+from mailer.editions import finish_if_done
+from mailer.sweeper import sweep as sweep_database
+from workers import runtime
+from workers.app import app
+from workers.dispatcher import CeleryDispatcher
+
+
+@app.task(
+    name="mailer.send_batch",
+    autoretry_for=(OperationalError,),  # the database restarting: try again shortly
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=None,
+)
+def send_batch(edition_id: int, first_id: int, last_id: int) -> dict[str, object]:
+    report = runtime.sender().send_batch(Batch(edition_id, first_id, last_id))
+    with Session(db.get_engine()) as session, session.begin():
+        finish_if_done(session, edition_id)
+    return {"claimed": report.claimed, "outcomes": report.outcomes, "stopped": report.stopped}
+
+
+@app.task(name="mailer.sweep", autoretry_for=(OperationalError,), max_retries=3)
+def sweep() -> dict[str, object]:
+    report = sweep_database(db.get_engine(), get_settings(), CeleryDispatcher())
+    return {
+        "reclaimed": report.reclaimed,
+        "retried": report.retried,
+        "redispatched": report.redispatched,
+        "finished": report.finished,
+    }

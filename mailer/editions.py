@@ -24,7 +24,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import CursorResult
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from mailer.dispatch import ALERTS_QUEUE, DIGESTS_QUEUE, Batch
 from mailer.models import (
@@ -93,12 +93,15 @@ def eligible(
     Used when planning and again when every batch is claimed, so an unsubscribe or a
     suppression committed mid-edition is honoured by every later batch (invariant 7).
     """
+    # An alias, so the check correlates with the outer row even when that row is a subscriber
+    # (planning) and not only when it is a delivery (claiming).
+    reader = aliased(Subscriber)
     return and_(
         exists().where(
-            Subscriber.id == subscriber_id,
-            Subscriber.status == SubscriberStatus.ACTIVE,
-            Subscriber.email.is_not(None),
-            ~exists().where(Suppression.email_hash == Subscriber.email_hash),
+            reader.id == subscriber_id,
+            reader.status == SubscriberStatus.ACTIVE,
+            reader.email.is_not(None),
+            ~exists().where(Suppression.email_hash == reader.email_hash),
         ),
         exists().where(
             Subscription.subscriber_id == subscriber_id,
@@ -216,17 +219,14 @@ def plan(session: Session, edition: Edition, now: Clock = utcnow) -> int:
         .from_select(columns, readers)
         .on_conflict_do_nothing(index_elements=["edition_id", "subscriber_id"])
     )
-    added = cast(CursorResult[Any], session.execute(statement)).rowcount or 0
+    count = select(func.count()).select_from(Delivery).where(Delivery.edition_id == edition.id)
+    before = session.scalar(count) or 0
+    session.execute(statement)  # (psycopg reports no rowcount for INSERT … SELECT)
     edition.status = EditionStatus.SENDING
     edition.started_at = edition.started_at or moment
     edition.progress_at = moment
-    edition.total_count = (
-        session.scalar(
-            select(func.count()).select_from(Delivery).where(Delivery.edition_id == edition.id)
-        )
-        or 0
-    )
-    return added
+    edition.total_count = session.scalar(count) or 0
+    return edition.total_count - before
 
 
 def batches(

@@ -9,6 +9,7 @@ has its envelope and never shows half a message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from types import FrameType
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +76,59 @@ class SinkHandler:
         return f"250 2.0.0 OK stored as {name}.eml"
 
 
+class TrackedSMTP(SMTP):
+    """aiosmtpd's SMTP protocol, registered in ``live`` while its connection is open."""
+
+    def __init__(self, live: set[SMTP], handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.live = live
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.live.add(self)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.live.discard(self)
+        super().connection_lost(error)
+
+
 class SinkController(Controller):
-    """aiosmtpd's threaded Controller that also accepts port 0 (an OS-chosen free port).
+    """aiosmtpd's threaded Controller, plus port 0 and a clean stop.
 
     aiosmtpd connects to ``self.port`` once after binding to check the server works; with
-    port 0 that would fail, so the bound port is read back first. ``.port`` is then usable.
+    port 0 (an OS-chosen free port) that would fail, so the bound port is read back first.
+    Its stop() closes the event loop with clients still connected, leaking their sockets:
+    this one closes them first.
     """
+
+    def __init__(self, handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.live: set[SMTP] = set()
+
+    def factory(self) -> SMTP:
+        return TrackedSMTP(self.live, self.handler, **self.SMTP_kwargs)
+
+    def close_connections(self, *, abort: bool = False) -> None:
+        """Close every client connection and wait until they are closed for real."""
+
+        async def close_all() -> None:
+            for protocol in list(self.live):
+                transport = protocol.transport
+                if abort and isinstance(transport, asyncio.Transport):
+                    transport.abort()  # skips TLS's close_notify, which idle clients ignore
+                elif transport is not None:
+                    transport.close()
+            for _ in range(500):  # close() only schedules it
+                if not self.live:
+                    break
+                await asyncio.sleep(0.01)
+
+        if self.loop.is_running():
+            asyncio.run_coroutine_threadsafe(close_all(), self.loop).result(timeout=10)
+
+    def stop(self, no_assert: bool = False) -> None:
+        self.close_connections(abort=True)
+        super().stop(no_assert)
 
     def _trigger_server(self) -> None:
         sockets = getattr(self.server, "sockets", None)  # an asyncio.Server once bound

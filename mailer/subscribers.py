@@ -94,7 +94,7 @@ def import_readers(
     """Add readers; existing addresses keep their status (an import never re-subscribes)."""
     report = ImportReport()
     with engine.connect() as conn:
-        topic_ids = dict(conn.execute(select(Topic.slug, Topic.id)).tuples().all())
+        topic_ids = dict(conn.execute(select(Topic.slug, Topic.id)).all())
     pending: list[tuple[ReaderRow, str, bool, str]] = []
 
     def flush() -> None:
@@ -191,7 +191,7 @@ def _write_chunk(
         ids = dict(
             conn.execute(
                 select(Subscriber.email_hash, Subscriber.id).where(Subscriber.email_hash.in_(fresh))
-            ).tuples()
+            ).all()
         )
         subscriptions = [
             {

@@ -498,11 +498,11 @@ class SmtpTransport:
         if cfg.ssl:
             options["context"] = self._tls_context()
         guard.phase = f"connecting to {cfg.host}:{cfg.port}"
-        # smtplib closes the socket itself when connecting or the greeting fails.
-        smtp = (_GuardedSMTPS if cfg.ssl else _GuardedSMTP)(
-            guard, cfg.host, cfg.port, timeout=timeout, **options
-        )
+        smtp: _GuardedSMTP | None = None
         try:
+            smtp = (_GuardedSMTPS if cfg.ssl else _GuardedSMTP)(
+                guard, cfg.host, cfg.port, timeout=timeout, **options
+            )
             guard.phase = "waiting for the reply to EHLO"
             smtp.ehlo_or_helo_if_needed()
             if cfg.starttls:
@@ -517,7 +517,8 @@ class SmtpTransport:
             self._check_deadline()
         except BaseException:
             guard.watch(None)
-            smtp.close()
+            if smtp is not None:  # (smtplib closes it itself when connecting fails)
+                smtp.close()
             raise
         guard.arm(deadline, cfg.message_timeout)
         self._smtp, self._eightbitmime = smtp, smtp.has_extn("8bitmime")

@@ -150,3 +150,16 @@ def test_run_sink_serves_until_sigterm(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_stop_closes_connected_clients(tmp_path: Path) -> None:
+    controller = start_sink("127.0.0.1", 0, tmp_path)
+    transport = SmtpTransport(SmtpConfig.from_url(f"smtp://127.0.0.1:{controller.port}"))
+    try:
+        assert transport.send(SENDER, "r@example.com", message(1)).outcome is Outcome.SENT
+        controller.stop()  # with the client still connected: nothing leaks, nothing hangs
+        assert not controller.live
+        result = transport.send(SENDER, "r@example.com", message(2))
+        assert result.outcome is Outcome.TEMPORARY and "refused" in result.text
+    finally:
+        transport.close()

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from mailer.sink import SinkController
+from mailer.sink import SinkController, TrackedSMTP
 
 Rule = Callable[[str, int], "tuple[int, str] | None"]
 """Called with (recipient, attempt number for that recipient, from 1); (code, text) refuses."""
@@ -63,21 +63,15 @@ def _reply(answer: tuple[int, str]) -> str:
     return _DROP_REPLY if code == DROP else f"{code} {text}"
 
 
-class _ScriptedSMTP(SMTP):
+class _ScriptedSMTP(TrackedSMTP):
     """aiosmtpd's SMTP with the server's hang/drop switches, and a real server's habit of
     closing the connection after a 421."""
 
-    def __init__(self, owner: ScriptedSMTPServer, handler: Any, **kwargs: Any) -> None:
-        super().__init__(handler, **kwargs)
+    def __init__(
+        self, owner: ScriptedSMTPServer, live: set[SMTP], handler: Any, **kwargs: Any
+    ) -> None:
+        super().__init__(live, handler, **kwargs)
         self._owner = owner
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._owner._live.add(self)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        self._owner._live.discard(self)
-        super().connection_lost(error)
 
     async def push(self, status: Any) -> None:
         while self._owner._hanging:  # hang: the peer waits for a reply that does not come
@@ -133,6 +127,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.owner.delay:  # a slow server: each message takes this long to accept
+            await asyncio.sleep(self.owner.delay)
         answer = self.owner._ask("DATA", envelope.rcpt_tos[0])
         if answer is not None:
             return _reply(answer)
@@ -155,7 +151,7 @@ class _Controller(SinkController):
         self.owner = owner
 
     def factory(self) -> SMTP:
-        return _ScriptedSMTP(self.owner, self.handler, **self.SMTP_kwargs)
+        return _ScriptedSMTP(self.owner, self.live, self.handler, **self.SMTP_kwargs)
 
 
 class ScriptedSMTPServer:
@@ -185,12 +181,12 @@ class ScriptedSMTPServer:
         self.commands: list[str] = []
         self.connections = 0
         self.ehlo_count = 0
+        self.delay = 0.0
         self._lock = threading.Lock()
         self._rule: Rule | None = None
         self._data_rule: Rule | None = None
         self._attempts: Counter[tuple[str, str]] = Counter()
         self._hanging = False
-        self._live: set[_ScriptedSMTP] = set()
         self._controller: _Controller | None = None
 
     @property
@@ -227,11 +223,8 @@ class ScriptedSMTPServer:
         """Cut every open connection and stop listening."""
         self._hanging = False
         if self._controller is not None:
-            # aiosmtpd would close its loop with the connections still open (and leak them).
-            self._close_connections(abort=True)
-            self._controller.stop()
+            self._controller.stop()  # also closes the open connections
             self._controller = None
-        self._live.clear()
 
     def __enter__(self) -> ScriptedSMTPServer:
         self.start()
@@ -261,30 +254,10 @@ class ScriptedSMTPServer:
         self._hanging = enabled
 
     def drop_connections(self) -> None:
-        """Close every open connection, as servers do to idle clients."""
-        self._close_connections(abort=False)
-
-    def _close_connections(self, *, abort: bool) -> None:
-        controller = self._controller
-        if controller is None:
-            return
-
-        async def close_all() -> None:
-            for protocol in list(self._live):
-                transport = protocol.transport
-                if isinstance(transport, asyncio.Transport) and abort:
-                    # Skips TLS's close_notify exchange, which an idle client never answers.
-                    transport.abort()
-                elif transport is not None:
-                    transport.close()
-            # close() only schedules it: wait until the sockets are closed for real, so the
-            # client's next command surely meets a closed connection.
-            for _ in range(500):
-                if not self._live:
-                    break
-                await asyncio.sleep(0.01)
-
-        asyncio.run_coroutine_threadsafe(close_all(), controller.loop).result(timeout=5)
+        """Close every open connection, as servers do to idle clients; returns once they are
+        closed, so the client's next command surely meets a closed connection."""
+        if self._controller is not None:
+            self._controller.close_connections()
 
     def message_ids(self) -> list[str]:
         with self._lock:

@@ -153,9 +153,16 @@ class Stack:
         proc.wait(30)
 
     def stop_workers(self) -> None:
+        """A deploy's stop: SIGTERM to the main process (warm shutdown), SIGKILL if it lingers."""
         for proc in self.workers:
             if proc.poll() is None:
-                self.kill_worker(proc, signal.SIGTERM)
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.workers:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+            self.kill_worker(proc, signal.SIGKILL)  # also reaps children left in the group
         self.workers.clear()
 
     def worker_logs(self) -> str:

@@ -98,7 +98,7 @@ def test_temporary_failures_are_retried_and_hard_bounces_suppressed(stack: Stack
 
     rows = {r.subscriber_id: r for r in stack.deliveries(started.edition_id)}
     with Session(stack.engine) as session:
-        emails = dict(session.execute(select(Subscriber.id, Subscriber.email)).tuples().all())
+        emails = dict(session.execute(select(Subscriber.id, Subscriber.email)).all())
         suppressed = set(session.scalars(select(Suppression.email)))
     by_email = {emails[sid]: row for sid, row in rows.items()}
     assert by_email[bad].status == "bounced" and by_email[bad].attempts == 1

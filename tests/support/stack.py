@@ -7,6 +7,7 @@ Both use real Celery worker processes and a real aiosmtpd server over TCP.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -146,10 +147,8 @@ class Stack:
 
     def kill_worker(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGKILL) -> None:
         """Signal the worker's whole process group (the main process and its children)."""
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass
         proc.wait(30)
 
     def stop_workers(self) -> None:
@@ -158,10 +157,8 @@ class Stack:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         for proc in self.workers:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
             self.kill_worker(proc, signal.SIGKILL)  # also reaps children left in the group
         self.workers.clear()
 

@@ -143,12 +143,16 @@ def test_unsubscribe_mid_edition_wins_for_later_batches(stack: Stack) -> None:
     with Session(stack.engine) as session, session.begin():
         subscriber_id = session.scalar(select(Subscriber.id).where(Subscriber.email == leaver))
         row = session.execute(
-            select(Delivery.status).where(Delivery.edition_id == started.edition_id,
-                                          Delivery.subscriber_id == subscriber_id)
-            .with_for_update()).one()
+            select(Delivery.status)
+            .where(
+                Delivery.edition_id == started.edition_id, Delivery.subscriber_id == subscriber_id
+            )
+            .with_for_update()
+        ).one()
         assert row.status == "queued"
-        session.execute(update(Subscriber).where(Subscriber.id == subscriber_id)
-                        .values(status="unsubscribed"))
+        session.execute(
+            update(Subscriber).where(Subscriber.id == subscriber_id).values(status="unsubscribed")
+        )
         session.query(Subscription).filter_by(subscriber_id=subscriber_id).delete()
     stack.smtp.delay = 0
     stack.wait_finished(started.edition_id)
@@ -167,7 +171,9 @@ def test_server_that_never_answers_defers_and_the_worker_carries_on(stack: Stack
     started = stack.service.trigger_alert(stack.add_story())
     stack.wait_until(
         lambda: any(r.status == "deferred" for r in stack.deliveries(started.edition_id)),
-        30, "a timed-out reader to be deferred")
+        30,
+        "a timed-out reader to be deferred",
+    )
     assert time.monotonic() - began < 20  # the 2 s deadline tripped, no worker stuck
     timed_out = [r for r in stack.deliveries(started.edition_id) if r.status == "deferred"]
     assert all("timed out" in (r.last_response or "") for r in timed_out)

@@ -10,6 +10,7 @@ from sqlalchemy import text
 
 from mailer import db
 from mailer.config import Settings, get_settings
+from mailer.web import readers
 
 
 def broker_reachable(settings: Settings) -> bool:
@@ -29,6 +30,8 @@ def broker_reachable(settings: Settings) -> bool:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app factory; tests pass their own settings (and so their own database)."""
+    engine = db.get_engine() if settings is None else db.make_engine(settings.database)
     settings = settings or get_settings()
     app = FastAPI(title="mailer", summary="Newsletter and breaking-news delivery")
 
@@ -36,7 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def healthz(response: Response) -> dict[str, bool]:
         """Database and broker reachable (used by the compose health checks)."""
         try:
-            with db.get_engine().connect() as conn:
+            with engine.connect() as conn:
                 conn.execute(text("SELECT 1"))
             database = True
         except Exception:
@@ -46,4 +49,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             response.status_code = 503
         return {"database": database, "broker": broker}
 
+    app.include_router(readers.router(settings, engine))
     return app

@@ -165,15 +165,21 @@ def create_digest(
     if topic is None:
         raise EditionError(f"no topic {topic_slug!r}")
     since = last_digest_time(session, topic.id, cadence)
-    query = select(Story).where(Story.topic_id == topic.id)
+    issued = now()
+    # Not yet published (a future published_at) waits for the next digest, not two of them.
+    query = select(Story).where(Story.topic_id == topic.id, Story.published_at <= issued)
     if since is not None:
         query = query.where(Story.published_at > since)
     stories = session.scalars(
         query.order_by(Story.is_breaking.desc(), Story.published_at.desc()).limit(limit)
     ).all()
-    issued = now()
+    # started_at is the window's end: the next digest starts exactly where this one stopped.
     edition = Edition(
-        kind=EditionKind.DIGEST, topic_id=topic.id, cadence=cadence, created_at=issued
+        kind=EditionKind.DIGEST,
+        topic_id=topic.id,
+        cadence=cadence,
+        created_at=issued,
+        started_at=issued,
     )
     if not stories:
         edition.status = EditionStatus.SKIPPED
@@ -306,13 +312,16 @@ def finish_if_done(session: Session, edition_id: int, now: Clock = utcnow) -> bo
     counts = progress(session, edition).counts
     sent = counts.get(DeliveryStatus.SENT, 0)
     total = sum(counts.values())
+    tried = counts.get(DeliveryStatus.FAILED, 0) + counts.get(DeliveryStatus.BOUNCED, 0)
     result = cast(
         CursorResult[Any],
         session.execute(
             update(Edition)
             .where(Edition.id == edition_id, Edition.status == EditionStatus.SENDING)
             .values(
-                status=EditionStatus.SENT if sent or not total else EditionStatus.FAILED,
+                # "failed" only when messages were tried and none went out (readers who left
+                # before their turn are not a failure).
+                status=EditionStatus.FAILED if not sent and tried else EditionStatus.SENT,
                 finished_at=now(),
                 total_count=total,
                 sent_count=sent,

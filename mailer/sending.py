@@ -302,7 +302,7 @@ class EditionSender:
 
     def _backoff(self, attempts: int) -> float:
         base = self.settings.retry_base_seconds * 2 ** max(attempts - 1, 0)
-        return float(min(self.settings.retry_max_seconds, base) * (0.5 + self.jitter()))
+        return float(min(self.settings.retry_max_seconds, base * (0.5 + self.jitter())))
 
     def _record(
         self, prepared: PreparedEdition, reader: Claimed, result: SendResult, owner: str

@@ -77,6 +77,18 @@ def sweep(
             .scalars()
             .all()
         )
+        # Rows given back after their edition was cancelled (a lease that expired, a release
+        # racing the cancel) are cancelled too, so the edition's counts stay exact.
+        conn.execute(
+            update(Delivery)
+            .where(
+                Delivery.status == DeliveryStatus.QUEUED,
+                Delivery.edition_id.in_(
+                    select(Edition.id).where(Edition.status == EditionStatus.CANCELLED)
+                ),
+            )
+            .values(status=DeliveryStatus.CANCELLED)
+        )
     report.reclaimed, report.retried = len(reclaimed), len(retried)
     touched.update(reclaimed, retried)
 

@@ -37,6 +37,9 @@ app.add_typer(editions_app, name="editions")
 def db_upgrade() -> None:
     """Apply every migration (safe to run again)."""
     migrate.upgrade(settings().database)
+    with Session(db.get_engine()) as session:  # the newsroom's topics, so readers can subscribe
+        stories.ensure_topics(session)
+        session.commit()
     console.print("database is up to date")
 
 

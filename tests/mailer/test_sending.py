@@ -7,9 +7,11 @@ moves, so leases, retries and stalls act at once.
 
 from __future__ import annotations
 
+import sqlite3
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +30,7 @@ from mailer.models import (
     Delivery,
     Edition,
     EditionStory,
+    Story,
     Subscriber,
     Suppression,
 )
@@ -198,8 +201,6 @@ def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with Session(engine) as session:
         ensure_topics(session)
         session.commit()
-    with engine.connect() as conn:
-        conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
     engine.dispose()
     return path
 
@@ -207,7 +208,8 @@ def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def world(tmp_path: Path, migrated_template: Path) -> Iterator[World]:
     path = tmp_path / "mailer.db"
-    path.write_bytes(migrated_template.read_bytes())
+    with closing(sqlite3.connect(migrated_template)) as src, closing(sqlite3.connect(path)) as dst:
+        src.backup(dst)
     settings = Settings(
         data_dir=tmp_path,
         database_url=f"sqlite:///{path}",
@@ -490,30 +492,27 @@ def test_expired_lease_of_a_killed_worker_is_reclaimed_and_redispatched(world: W
 
     # While the lease lives, nobody else may take those rows, and the sweeper leaves them.
     world.clock.set(lease_end - timedelta(seconds=1))
-    assert world.sender().send_batch(batch).claimed == 0
+    survivor = MemoryTransport()
+    other = world.sender(survivor)
+    assert other.send_batch(batch).claimed == 1  # only the row the dead worker never claimed
+    assert sent_to(survivor) == Counter([readers[3]])
     report = world.sweep()
     assert report.reclaimed == 0
-    assert [r.status for r in world.deliveries(started.edition_id)][:3] == [
+    assert [r.status for r in world.deliveries(started.edition_id)] == [
         "sent",
         "sending",
         "sending",
+        "sent",
     ]
 
     world.clock.set(lease_end + timedelta(seconds=1))
+    world.dispatcher.sent.clear()
     report = world.sweep()
-    assert report.reclaimed == 2 and started.edition_id in report.redispatched
-    assert [r.status for r in world.deliveries(started.edition_id)][:3] == [
-        "sent",
-        "queued",
-        "queued",
-    ]
+    assert report.reclaimed == 2 and report.redispatched == [started.edition_id]
+    assert [r.status for r in world.deliveries(started.edition_id)][1:3] == ["queued", "queued"]
     assert world.dispatcher.sent  # woken again
-    survivor = world.sender()
-    world.drain(survivor)
-    assert Counter(dying.sent) + Counter(survivor.transport.sent) == Counter(  # type: ignore[attr-defined]
-        dying.sent + survivor.transport.sent  # type: ignore[attr-defined]
-    )
-    everyone = sent_to(dying, survivor.transport)  # type: ignore[arg-type]
+    world.drain(other)
+    everyone = sent_to(dying, survivor)
     assert everyone == Counter(readers)  # the one being offered when killed was not accepted
     assert {r.status for r in world.deliveries(started.edition_id)} == {"sent"}
     assert world.sweep().finished == [started.edition_id]
@@ -669,8 +668,6 @@ def test_an_alert_reaches_the_topic_and_breaking_lists_at_instant_cadence(world:
 
 def stories_of(world: World, edition_id: int) -> list[str]:
     with Session(world.engine) as session:
-        from mailer.models import Story
-
         return list(
             session.scalars(
                 select(Story.title)
@@ -694,9 +691,9 @@ def test_a_digest_with_no_new_stories_is_skipped(world: World) -> None:
 def test_a_digest_has_the_stories_since_the_last_digest_breaking_first(world: World) -> None:
     readers = world.add_readers(3, topics=("syria",), cadence="daily")
     world.add_readers(2, topics=("syria",), cadence="weekly", start=10)
-    hour_ago = world.clock() - timedelta(hours=1)
-    world.add_story("قديم عادي", breaking=False, published_at=hour_ago)
-    world.add_story("قديم عاجل", breaking=True, published_at=hour_ago - timedelta(minutes=5))
+    now = world.clock()
+    world.add_story("قديم عادي", breaking=False, published_at=now - timedelta(hours=3))
+    world.add_story("قديم عاجل", breaking=True, published_at=now - timedelta(hours=3, minutes=5))
 
     first = world.service.send_digest("syria", "daily")
     assert first.status == "sending" and first.planned == 3
@@ -709,18 +706,55 @@ def test_a_digest_has_the_stories_since_the_last_digest_breaking_first(world: Wo
 
     assert world.service.send_digest("syria", "daily").status == "skipped"
 
-    started_at = world.edition(first.edition_id).started_at
-    assert started_at is not None
-    world.add_story("جديد عادي", breaking=False, published_at=started_at + timedelta(minutes=2))
-    world.add_story("جديد عاجل", breaking=True, published_at=started_at + timedelta(minutes=1))
+    # That digest went out two hours ago; two stories came in since, and one before it.
+    with world.engine.begin() as conn:
+        conn.execute(
+            update(Edition)
+            .where(Edition.id == first.edition_id)
+            .values(started_at=now - timedelta(hours=2))
+        )
+    world.add_story("جديد عادي", breaking=False, published_at=now - timedelta(minutes=30))
+    world.add_story("جديد عاجل", breaking=True, published_at=now - timedelta(minutes=90))
+    world.add_story("متأخر", breaking=True, published_at=now - timedelta(hours=2, minutes=1))
     second = world.service.send_digest("syria", "daily")
     assert second.status == "sending"
     assert stories_of(world, second.edition_id) == ["جديد عاجل", "جديد عادي"]
 
-    # The weekly list has had no digest yet: it gets all four.
+    # The weekly list has had no digest yet: it gets all five.
     weekly = world.service.send_digest("syria", "weekly")
     assert weekly.planned == 2
-    assert stories_of(world, weekly.edition_id) == ["جديد عاجل", "قديم عاجل", "جديد عادي", "قديم عادي"]
+    assert stories_of(world, weekly.edition_id) == [
+        "جديد عاجل",
+        "متأخر",
+        "قديم عاجل",
+        "جديد عادي",
+        "قديم عادي",
+    ]
+
+
+def test_a_story_published_in_the_future_waits_for_the_next_digest(world: World) -> None:
+    world.add_readers(2, topics=("syria",), cadence="daily")
+    world.add_story("منشور", breaking=False, published_at=world.clock() - timedelta(hours=1))
+    later = world.add_story(
+        "لاحقاً", breaking=False, published_at=world.clock() + timedelta(hours=1)
+    )
+
+    first = world.service.send_digest("syria", "daily")
+    assert stories_of(world, first.edition_id) == ["منشور"]
+    assert world.service.send_digest("syria", "daily").status == "skipped"
+
+    # Its time comes (moved back rather than waiting an hour): the next digest has it, once.
+    started_at = world.edition(first.edition_id).started_at
+    assert started_at is not None
+    with world.engine.begin() as conn:
+        conn.execute(
+            update(Story)
+            .where(Story.id == later)
+            .values(published_at=started_at + timedelta(milliseconds=1))
+        )
+    second = world.service.send_digest("syria", "daily")
+    assert stories_of(world, second.edition_id) == ["لاحقاً"]
+    assert world.service.send_digest("syria", "daily").status == "skipped"
 
 
 # -- the sweeper and stalls --------------------------------------------------------------------
@@ -729,17 +763,12 @@ def test_a_digest_has_the_stories_since_the_last_digest_breaking_first(world: Wo
 def test_the_sweeper_redispatches_a_stalled_edition_but_not_a_fresh_one(world: World) -> None:
     readers = world.add_readers(6)
     stalled = world.service.trigger_alert(world.add_story("عاجل: أول"))
-    world.clock.advance(world.settings.stall_seconds + 1)
+    world.clock.advance(world.settings.stall_seconds + 30)
     fresh = world.service.trigger_alert(world.add_story("عاجل: ثان"))
     # The broker lost every wake-up (flushed, restarted…).
     world.dispatcher.sent.clear()
-    # Planning stamped the real time; move the clock so only the first edition is stale.
+    # Planning stamps the real time, not the test's clock: make the second edition fresh.
     with world.engine.begin() as conn:
-        conn.execute(
-            update(Edition)
-            .where(Edition.id == stalled.edition_id)
-            .values(progress_at=world.clock() - timedelta(seconds=world.settings.stall_seconds + 1))
-        )
         conn.execute(
             update(Edition).where(Edition.id == fresh.edition_id).values(progress_at=world.clock())
         )

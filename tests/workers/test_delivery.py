@@ -120,16 +120,20 @@ def test_temporary_failures_are_retried_and_hard_bounces_suppressed(stack: Stack
 def test_flushed_broker_is_recovered_by_the_sweeper(stack: Stack) -> None:
     readers = scale(400, 2000)
     stack.add_readers(readers)
-    stack.smtp.delay = 0.003
-    started = stack.service.trigger_alert(stack.add_story())  # queued before any worker runs
-    if stack.kind == "postgres":
+    stack.smtp.delay = 0.005
+    stack.start_worker()
+    started = stack.service.trigger_alert(stack.add_story())
+    stack.wait_until(lambda: len(stack.smtp.received) > 20, 60, "sending to start")
+    if stack.kind == "postgres":  # every queued and unacknowledged wake-up is gone
         redis.Redis.from_url(REDIS_URL).flushdb()
     else:
         for path in (stack.settings.broker_dir / "queue").glob("*.msg"):
             path.unlink()
-    stack.start_worker()
+    assert len(stack.smtp.received) < readers, "finished before the flush; make it slower"
+    stack.smtp.delay = 0
     stack.wait_finished(started.edition_id, timeout=120)
-    assert len(recipients(stack)) == readers
+    got = recipients(stack)
+    assert len(got) == readers and set(got.values()) == {1}
 
 
 def test_unsubscribe_mid_edition_wins_for_later_batches(stack: Stack) -> None:

@@ -62,6 +62,39 @@ class Settings(BaseSettings):
     broker_visibility_timeout: int = 3 * 3600
     broker_poll_interval: float = 0.05
 
+    # Readers (issue "Readers").
+    confirm_max_age_days: int = 7
+    forget_unconfirmed_days: int = 30
+    subscribe_limit_per_ip: str = "20/hour"
+    subscribe_limit_per_address: str = "5/hour"
+
+    # Deliverability: DKIM (rsa-sha256 2048; optional ed25519 dual signature).
+    dkim_selector: str = ""
+    dkim_domain: str = ""
+    dkim_key_file: str = ""
+    dkim_ed25519_selector: str = ""
+    dkim_ed25519_key_file: str = ""
+    # Bounces and complaints.
+    inbound_host: str = "127.0.0.1"
+    inbound_port: int = 8026
+    imap_url: str = ""
+    soft_bounce_threshold: float = 5.0
+    soft_bounce_expiry_days: float = 7.0
+    # Sending control: messages per second (0 = unlimited).
+    rate_per_second: float = 0.0
+    domain_rate_per_second: float = 0.0
+    # An edition pauses itself past this share of permanent failures after min sends.
+    error_pause_threshold: float = 0.05
+    error_pause_min_sends: int = 500
+
+    # Newsroom: feed hosts allowed despite the SSRF guard (comma-separated host[:port]).
+    feed_allow_hosts: str = ""
+    schedule_tick_seconds: float = 30.0
+    digest_story_limit: int = 10
+
+    # Rate-limit store for the web (subscribe); loaded by import path like the dispatcher.
+    limiter: str = "mailer.ratelimit:MemoryLimiter"
+
     # The queue implementation, loaded by import path so that ``mailer`` never imports Celery.
     dispatcher: str = "workers.dispatcher:CeleryDispatcher"
 

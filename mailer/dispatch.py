@@ -27,21 +27,31 @@ class Dispatcher(Protocol):
     def dispatch(self, queue: str, batches: list[Batch]) -> None:
         """Wake workers on ``queue`` for each batch (after the planning transaction committed)."""
 
+    def dispatch_messages(self, queue: str, message_ids: list[int]) -> None:
+        """Wake workers on ``queue`` for transactional messages (confirmation, welcome)."""
+
 
 @dataclass
 class MemoryDispatcher:
     """Records what would have been queued (unit tests, and dry runs)."""
 
     sent: list[tuple[str, Batch]] = field(default_factory=list)
+    messages: list[tuple[str, int]] = field(default_factory=list)
 
     def dispatch(self, queue: str, batches: list[Batch]) -> None:
         self.sent.extend((queue, batch) for batch in batches)
+
+    def dispatch_messages(self, queue: str, message_ids: list[int]) -> None:
+        self.messages.extend((queue, message_id) for message_id in message_ids)
 
 
 class NullDispatcher:
     """Queues nothing: the sweeper will find the work in the database."""
 
     def dispatch(self, queue: str, batches: list[Batch]) -> None:
+        return None
+
+    def dispatch_messages(self, queue: str, message_ids: list[int]) -> None:
         return None
 
 

@@ -86,9 +86,14 @@ def served(tmp_path: Path) -> Iterator[tuple[dict[str, str], Path, int]]:
 
 def test_make_run_is_mailer_serve() -> None:
     plan = subprocess.run(
-        ["make", "-n", "run"], cwd=REPO, capture_output=True, text=True, check=True
+        ["make", "--no-print-directory", "-n", "run"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
-    assert plan.strip().splitlines()[-1].endswith("mailer serve")
+    commands = [line.strip() for line in plan.splitlines() if line.strip()]
+    assert commands[-1].endswith("/mailer serve"), commands
 
 
 def wait_sent(env: dict[str, str], edition_id: str, timeout: float = 90) -> dict[str, object]:

@@ -28,10 +28,30 @@ class CeleryDispatcher:
         # (otherwise publishing fails with "Cannot route message" until a worker restarts).
         declare = [Queue(queue, routing_key=queue)]
         with app.producer_or_acquire() as producer:
-            for batch in batches:
+            for batch in batches:  # one task per keyset range, never one per reader
                 app.send_task(
                     "mailer.send_batch",
                     args=[batch.edition_id, batch.first_id, batch.last_id],
+                    queue=queue,
+                    routing_key=queue,
+                    declare=declare,
+                    producer=producer,
+                )
+
+    def dispatch_messages(self, queue: str, message_ids: list[int]) -> None:
+        if self._app is None:
+            from workers.app import app
+
+            self._app = app
+        app = self._app
+        if not message_ids:
+            return
+        declare = [Queue(queue, routing_key=queue)]
+        with app.producer_or_acquire() as producer:
+            for message_id in message_ids:
+                app.send_task(
+                    "mailer.send_transactional",
+                    args=[message_id],
                     queue=queue,
                     routing_key=queue,
                     declare=declare,

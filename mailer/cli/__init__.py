@@ -48,4 +48,4 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-from mailer.cli import commands, run  # noqa: E402,F401  (register the commands)
+from mailer.cli import commands, deliverability, newsroom, operations, run  # noqa: E402,F401

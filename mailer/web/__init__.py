@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Response
 from sqlalchemy import text
 
-from mailer import db
+from mailer import api, db
 from mailer.config import Settings, get_settings
 from mailer.web import readers
 
@@ -50,4 +50,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return {"database": database, "broker": broker}
 
     app.include_router(readers.router(settings, engine))
+    app.include_router(api.router(settings, engine), prefix="/api/v1")
+    app.include_router(api.metrics_router(settings, engine))
     return app

@@ -1,0 +1,3 @@
+"""Deliverability commands: DKIM keys, suppressions, inbound bounces, SMTP status."""
+
+from __future__ import annotations

@@ -48,4 +48,11 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-from mailer.cli import commands, deliverability, newsroom, operations, run  # noqa: E402,F401
+from mailer.cli import (  # noqa: E402,F401  (register the commands)
+    commands,
+    deliverability,
+    inbound,
+    newsroom,
+    operations,
+    run,
+)

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # Sending control: messages per second (0 = unlimited).
     rate_per_second: float = 0.0
     domain_rate_per_second: float = 0.0
+    # Where the shared token buckets live, by import path; empty: Redis when the broker is
+    # Redis, else a SQLite file in the data folder.
+    rate_store: str = ""
     # An edition pauses itself past this share of permanent failures after min sends.
     error_pause_threshold: float = 0.05
     error_pause_min_sends: int = 500

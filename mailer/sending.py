@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import format_datetime
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.orm import Session
 
 from mailer import placeholders as ph
@@ -105,6 +105,9 @@ class EditionSender:
         self.jitter = jitter
         self._prepared: dict[int, PreparedEdition] = {}
         self._date_cache: tuple[int, str] = (0, "")
+        # Editions this process paused for their error rate, and when each was last checked.
+        self._self_paused: set[int] = set()
+        self._error_checked: dict[int, tuple[float, int]] = {}
 
     # -- preparation, once per edition per process ------------------------------------------
 
@@ -168,6 +171,7 @@ class EditionSender:
         with self.engine.begin() as conn:
             if self._edition_status(conn, batch.edition_id) != EditionStatus.SENDING:
                 return None
+            self._self_paused.discard(batch.edition_id)  # resumed since this process paused it
             candidates = (
                 select(Delivery.id)
                 .where(
@@ -247,6 +251,9 @@ class EditionSender:
         check_at = time.monotonic() + 1.0
         renew_at = time.monotonic() + self.settings.lease_seconds / 3
         for index, reader in enumerate(chunk):
+            if prepared.edition_id in self._self_paused:
+                self._release([c.delivery_id for c in chunk[index:]], owner)
+                return False
             if time.monotonic() >= check_at:
                 check_at = time.monotonic() + 1.0
                 with self.engine.connect() as conn:
@@ -353,6 +360,50 @@ class EditionSender:
                 )
         if not updated:
             log.warning("delivery %s was reclaimed while being sent", reader.delivery_id)
+        if result.outcome in (Outcome.PERMANENT, Outcome.HARD_BOUNCE):
+            self._check_error_rate(prepared.edition_id)
+
+    def _check_error_rate(self, edition_id: int) -> None:
+        """Pause the edition once permanent failures pass the threshold (a bad list or a
+        blocked sender should not burn through a million readers)."""
+        # The GROUP BY is not free: run it every few failures seen here, or once a second.
+        now = time.monotonic()
+        last, failures = self._error_checked.get(edition_id, (0.0, 0))
+        if failures + 1 < 5 and now - last < 1.0:
+            self._error_checked[edition_id] = (last, failures + 1)
+            return
+        self._error_checked[edition_id] = (now, 0)
+        with self.engine.begin() as conn:
+            counts = dict(
+                conn.execute(
+                    select(Delivery.status, func.count())
+                    .where(
+                        Delivery.edition_id == edition_id,
+                        Delivery.status.in_(
+                            [DeliveryStatus.SENT, DeliveryStatus.FAILED, DeliveryStatus.BOUNCED]
+                        ),
+                    )
+                    .group_by(Delivery.status)
+                ).all()
+            )
+            bad = counts.get(DeliveryStatus.FAILED, 0) + counts.get(DeliveryStatus.BOUNCED, 0)
+            done = bad + counts.get(DeliveryStatus.SENT, 0)
+            threshold = self.settings.error_pause_threshold
+            if done < self.settings.error_pause_min_sends or bad <= threshold * done:
+                return
+            reason = (
+                f"paused automatically: {bad} of {done} messages ({bad / done:.1%}) failed "
+                f"permanently, over the {threshold:.0%} threshold; check the list or the "
+                f"sender's reputation, then resume"
+            )
+            paused = conn.execute(
+                update(Edition)
+                .where(Edition.id == edition_id, Edition.status == EditionStatus.SENDING)
+                .values(status=EditionStatus.PAUSED, status_reason=reason)
+            ).rowcount
+        self._self_paused.add(edition_id)
+        if paused:
+            log.warning("edition %s %s", edition_id, reason)
 
     def _release(self, delivery_ids: list[int], owner: str) -> None:
         """Give claimed-but-unsent rows back (pause, or an error): not counted as attempts."""

@@ -21,7 +21,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, replace, fields
 from enum import StrEnum
 from functools import cache
 from typing import Any, Protocol
@@ -91,6 +91,9 @@ class SendResult:
     code: int | None
     text: str
     enhanced: str | None
+    # The session failed (connect, greeting, EHLO, STARTTLS, AUTH): nothing of the message was
+    # sent, so another server may take it at once, and this one is unhealthy.
+    server_fault: bool = False
 
     @classmethod
     def from_reply(cls, code: int, text: str | bytes) -> SendResult:
@@ -391,6 +394,10 @@ class SmtpTransport:
         guard = self._guard
         try:
             smtp = self._smtp or self._connect(deadline)
+        except _NETWORK_ERRORS as exc:
+            self._discard()
+            return replace(self._failure(exc), server_fault=True)
+        try:
             options = []
             if utf8:
                 if not smtp.has_extn("smtputf8"):

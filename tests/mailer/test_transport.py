@@ -204,7 +204,7 @@ def test_refused_connection_is_temporary_and_retried_on_the_next_send(connect: C
 
     assert time.monotonic() - started < 1
     assert result == SendResult(
-        Outcome.TEMPORARY, None, f"connection refused by 127.0.0.1:{port}", None
+        Outcome.TEMPORARY, None, f"connection refused by 127.0.0.1:{port}", None, server_fault=True
     )
     assert transport.eightbitmime is False  # unknown: cannot connect
 
@@ -216,6 +216,7 @@ def test_refused_connection_is_temporary_and_retried_on_the_next_send(connect: C
 def test_unresolvable_host_is_temporary(connect: Connect) -> None:
     result = connect("smtp://no-such-host.invalid:25").send(SENDER, "a@example.com", message(1))
     assert result.outcome is Outcome.TEMPORARY and result.code is None
+    assert result.server_fault  # nothing was sent: another server may take the message
     assert result.text.startswith("cannot resolve no-such-host.invalid")
 
 

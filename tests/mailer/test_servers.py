@@ -1,0 +1,150 @@
+"""Several SMTP servers, slow-downs and the self-pausing edition, over real SMTP connections."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from mailer.models import Edition, SmtpServer
+from mailer.servers import Server, ServerPool, load_servers, record_health
+from mailer.throttle import MemoryRateStore, Throttle
+from mailer.transport import MemoryTransport, Outcome, SendResult, SmtpConfig, SmtpTransport
+from tests.support.smtp_server import ScriptedSMTPServer
+from tests.support.world import World, make_world, migrated_template
+
+__all__ = ["migrated_template"]
+
+
+@pytest.fixture
+def world(tmp_path: Path, migrated_template: Path) -> Iterator[World]:
+    yield from make_world(tmp_path, migrated_template, alert_batch_size=50, claim_chunk=10)
+
+
+def smtp(server: ScriptedSMTPServer) -> SmtpTransport:
+    return SmtpTransport(SmtpConfig.from_url(f"{server.url}?timeout=2&connect_timeout=1"))
+
+
+def received(*servers: ScriptedSMTPServer) -> Counter[str]:
+    return Counter(r for s in servers for m in s.received for r in m.rcpt_tos)
+
+
+def test_a_server_going_down_mid_edition_moves_its_mail_to_the_other(world: World) -> None:
+    readers = world.add_readers(300)
+    with ScriptedSMTPServer() as first, ScriptedSMTPServer() as second:
+        pool = ServerPool(
+            [Server("first", smtp(first)), Server("second", smtp(second))],
+            rng=iter([0.1, 0.5, 0.9, 0.5] * 10_000).__next__,  # first, then second, …
+        )
+        sender = world.sender(pool)
+        started = world.service.trigger_alert(world.add_story())
+        batches = world.take_batches()
+        sender.send_batch(batches[0][1])
+        assert received(first) and received(second)  # both in use
+        first.stop()  # the first server goes away mid-edition
+        for _, batch in batches[1:]:
+            sender.send_batch(batch)
+        got = received(first, second)
+    assert sorted(got) == sorted(readers) and set(got.values()) == {1}  # none lost or doubled
+    assert {d.status for d in world.deliveries(started.edition_id)} == {"sent"}
+    assert pool.servers[0].down_until > 0 and pool.servers[1].down_until == 0
+
+
+def test_health_of_table_servers_is_recorded_for_smtp_status(world: World) -> None:
+    with ScriptedSMTPServer() as alive:
+        dead_port = alive.port + 1 if alive.port < 65000 else alive.port - 1
+        with world.engine.begin() as conn:
+            conn.execute(
+                SmtpServer.__table__.insert(),
+                [
+                    {
+                        "name": "dead",
+                        "url": f"smtp://127.0.0.1:{dead_port}?connect_timeout=1",
+                        "weight": 100,
+                        "max_connections": 1,
+                        "enabled": True,
+                        "healthy": True,
+                    },
+                    {
+                        "name": "alive",
+                        "url": alive.url,
+                        "weight": 1,
+                        "max_connections": 1,
+                        "enabled": True,
+                        "healthy": True,
+                    },
+                ],
+            )
+        servers = load_servers(world.engine, world.settings)
+        assert [s.name for s in servers] == ["dead", "alive"]
+        pool = ServerPool(servers, on_health=record_health(world.engine), rng=lambda: 0.0)
+        result = pool.send("bounces@example.com", "amal@example.com", b"Subject: x\r\n\r\nx\r\n")
+        assert result.outcome is Outcome.SENT and len(alive.received) == 1
+    with world.engine.connect() as conn:
+        rows = {r.name: r for r in conn.execute(select(SmtpServer)).all()}
+    assert rows["dead"].healthy is False and rows["dead"].down_until is not None
+    assert "connection refused" in rows["dead"].last_error
+    assert rows["alive"].healthy is True
+
+
+def test_421_to_one_message_in_three_slows_down_and_everything_arrives(world: World) -> None:
+    readers = world.add_readers(90)
+    seen = Counter[str]()
+
+    def rule(recipient: str, attempt: int) -> tuple[int, str] | None:
+        seen[recipient] += 1
+        if attempt == 1 and sum(seen.values()) % 3 == 0:
+            return 421, "4.7.0 Too many messages, slow down"
+        return None
+
+    sleeps: list[float] = []
+    with ScriptedSMTPServer() as server:
+        server.set_data_rule(rule)
+        throttle = Throttle(MemoryRateStore(), world.settings, sleep=sleeps.append)
+        pool = ServerPool([Server("relay", smtp(server))], throttle)
+        sender = world.sender(pool)
+        started = world.service.trigger_alert(world.add_story())
+        world.drain(sender)
+        assert throttle.store.get_state("slow:relay") is not None  # it slowed down
+        assert any(s > 0 for s in sleeps)  # and really waited between messages
+        for _ in range(6):  # deferred readers come back through the sweeper
+            world.clock.advance(3600)
+            world.sweep()
+            world.drain(sender)
+        got = received(server)
+    assert sorted(got) == sorted(readers) and set(got.values()) == {1}
+    assert {d.status for d in world.deliveries(started.edition_id)} == {"sent"}
+
+
+def test_an_edition_with_too_many_hard_failures_pauses_itself(world: World) -> None:
+    world.add_readers(1000)
+    bad = {f"reader{i:04d}@example.com" for i in range(1, 1001) if i % 10 == 0}  # 10 %
+    hard = SendResult.from_reply(550, "5.1.1 no such user")
+    transport = MemoryTransport({address: hard for address in bad})
+    sender = world.sender(transport)
+    started = world.service.trigger_alert(world.add_story())
+    reports = world.drain(sender)
+
+    edition = world.edition(started.edition_id)
+    assert edition.status == "paused"
+    assert "over the 5% threshold" in edition.status_reason
+    tried = len(transport.attempts)
+    # It stopped within one batch of crossing the threshold (500 sends by default).
+    assert 500 <= tried <= 500 + world.settings.alert_batch_size
+    assert any(r.stopped for r in reports)
+    counts = Counter(d.status for d in world.deliveries(started.edition_id))
+    assert counts["queued"] == 1000 - tried
+
+    world.service.resume(started.edition_id)  # the operator looked, and carries on
+    transport.script = {}
+    world.drain(sender)
+    world.finish(started.edition_id)
+    final = Counter(d.status for d in world.deliveries(started.edition_id))
+    assert final["queued"] == 0 and final["sent"] + final["bounced"] == 1000
+    with world.engine.connect() as conn:
+        assert conn.scalar(select(Edition.status).where(Edition.id == started.edition_id)) == (
+            "sent"
+        )

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from mailer.models import Edition, SmtpServer
 from mailer.servers import Server, ServerPool, load_servers, record_health
+from mailer.subscribers import ReaderRow, import_readers
 from mailer.throttle import MemoryRateStore, Throttle
 from mailer.transport import MemoryTransport, Outcome, SendResult, SmtpConfig, SmtpTransport
 from tests.support.smtp_server import ScriptedSMTPServer
@@ -148,3 +149,33 @@ def test_an_edition_with_too_many_hard_failures_pauses_itself(world: World) -> N
         assert conn.scalar(select(Edition.status).where(Edition.id == started.edition_id)) == (
             "sent"
         )
+
+
+@pytest.mark.parametrize("offers_smtputf8", [True, False])
+def test_non_ascii_local_part_needs_a_server_that_offers_smtputf8(
+    world: World, offers_smtputf8: bool
+) -> None:
+    world.add_readers(3)
+    report = import_readers(
+        world.engine,
+        [ReaderRow(line=1, email="قارئ@example.com", name="قارئ", topics=("breaking",))],
+        world.settings,
+        consented=True,
+    )
+    assert not report.errors
+    with ScriptedSMTPServer(smtputf8=offers_smtputf8) as server:
+        sender = world.sender(smtp(server))
+        started = world.service.trigger_alert(world.add_story())
+        world.drain(sender)
+        got = received(server)
+    rows = world.by_email(started.edition_id)
+    arabic = rows["قارئ@example.com"]
+    if offers_smtputf8:
+        assert arabic.status == "sent" and got["قارئ@example.com"] == 1
+        assert "SMTPUTF8" in server.received[-1].mail_options or any(
+            "SMTPUTF8" in m.mail_options for m in server.received
+        )
+    else:
+        assert arabic.status == "failed" and "SMTPUTF8" in (arabic.last_response or "")
+        assert "قارئ@example.com" not in got
+    assert sum(1 for e, d in rows.items() if e.isascii() and d.status == "sent") == 3

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
@@ -150,6 +150,16 @@ def last_digest_time(session: Session, topic_id: int, cadence: str) -> datetime 
     )
 
 
+def last_schedule_time(session: Session, schedule_id: int) -> datetime | None:
+    """End of the window of the schedule's last digest that went out (or is going out)."""
+    return session.scalar(
+        select(func.max(Edition.started_at)).where(
+            Edition.schedule_id == schedule_id,
+            Edition.status.in_([EditionStatus.SENDING, EditionStatus.SENT]),
+        )
+    )
+
+
 def create_digest(
     session: Session,
     topic_slug: str,
@@ -157,19 +167,42 @@ def create_digest(
     renderer: Renderer,
     now: Clock = utcnow,
     limit: int = DIGEST_STORY_LIMIT,
+    schedule_id: int | None = None,
+    due_at: datetime | None = None,
 ) -> Edition:
-    """A digest of the topic's stories since its last digest at this cadence, breaking first."""
+    """A digest of the topic's stories since its last digest at this cadence, breaking first.
+
+    A scheduled digest (``schedule_id`` and ``due_at``) covers the stories published since
+    that schedule's last sent edition, up to its due time; its first edition falls back to
+    the topic and cadence's last digest, else to one period (a day or a week) before it.
+    """
     if cadence not in (Cadence.DAILY, Cadence.WEEKLY):
         raise EditionError(f"a digest's cadence is daily or weekly, not {cadence!r}")
     topic = session.scalar(select(Topic).where(Topic.slug == topic_slug))
     if topic is None:
         raise EditionError(f"no topic {topic_slug!r}")
     since = last_digest_time(session, topic.id, cadence)
-    issued = now()
+    # A scheduled digest's window ends at its due time, whenever the beat gets to it (after
+    # an outage too), so consecutive windows of a schedule neither overlap nor leave gaps.
+    moment = now()
+    issued = due_at or moment
+    if schedule_id is not None:
+        period = timedelta(days=7 if cadence == Cadence.WEEKLY else 1)
+        since = last_schedule_time(session, schedule_id) or since or issued - period
     # Not yet published (a future published_at) waits for the next digest, not two of them.
     query = select(Story).where(Story.topic_id == topic.id, Story.published_at <= issued)
     if since is not None:
         query = query.where(Story.published_at > since)
+    if schedule_id is not None:
+        # Each story once per schedule, even if the site later moves its publication date.
+        query = query.where(
+            ~exists().where(
+                EditionStory.story_id == Story.id,
+                EditionStory.edition_id == Edition.id,
+                Edition.schedule_id == schedule_id,
+                Edition.status.in_([EditionStatus.SENDING, EditionStatus.SENT]),
+            )
+        )
     stories = session.scalars(
         query.order_by(Story.is_breaking.desc(), Story.published_at.desc()).limit(limit)
     ).all()
@@ -178,7 +211,9 @@ def create_digest(
         kind=EditionKind.DIGEST,
         topic_id=topic.id,
         cadence=cadence,
-        created_at=issued,
+        schedule_id=schedule_id,
+        due_at=due_at,
+        created_at=moment,
         started_at=issued,
     )
     if not stories:

@@ -7,6 +7,7 @@ receive a batch whose rows are not committed yet).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
@@ -59,9 +60,28 @@ class Service:
                 return Started(edition.id, False, edition.total_count, edition.status)
             return self._start(session, edition)
 
-    def send_digest(self, topic: str, cadence: str) -> Started:
+    def send_digest(
+        self,
+        topic: str,
+        cadence: str,
+        schedule_id: int | None = None,
+        due_at: datetime | None = None,
+    ) -> Started:
+        """Create, plan and start a digest; an empty one is recorded as skipped, not sent.
+
+        With ``schedule_id`` and ``due_at`` (the beat's tick), a second call for the same pair
+        raises :class:`IntegrityError` (one edition per schedule and due time).
+        """
         with Session(self.engine, expire_on_commit=False) as session:
-            edition = editions.create_digest(session, topic, cadence, self.renderer)
+            edition = editions.create_digest(
+                session,
+                topic,
+                cadence,
+                self.renderer,
+                limit=self.settings.digest_story_limit,
+                schedule_id=schedule_id,
+                due_at=due_at,
+            )
             if edition.status == EditionStatus.SKIPPED:
                 session.commit()
                 return Started(edition.id, True, 0, edition.status)

@@ -48,7 +48,10 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         task_queues=[Queue(name, routing_key=name) for name in QUEUES],
         task_default_queue=DIGESTS_QUEUE,
-        task_routes={"mailer.sweep": {"queue": MAINTENANCE_QUEUE}},
+        task_routes={
+            name: {"queue": MAINTENANCE_QUEUE}
+            for name in ("mailer.sweep", "mailer.schedule_tick", "mailer.poll_feeds")
+        },
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
@@ -60,7 +63,18 @@ def make_celery(settings: Settings) -> Celery:
                 "schedule": settings.sweep_interval_seconds,
                 # A sweep that waited longer than a few intervals is stale: drop it.
                 "options": {"expires": settings.sweep_interval_seconds * 3},
-            }
+            },
+            # Idempotent: a duplicated or replayed tick creates no second edition.
+            "schedule-tick": {
+                "task": "mailer.schedule_tick",
+                "schedule": settings.schedule_tick_seconds,
+                "options": {"expires": settings.schedule_tick_seconds * 2},
+            },
+            "poll-feeds": {
+                "task": "mailer.poll_feeds",
+                "schedule": 60.0,
+                "options": {"expires": 120},
+            },
         },
     )
     return app

@@ -5,10 +5,12 @@ from __future__ import annotations
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from mailer import db
+from mailer import db, feeds, schedules
 from mailer.config import get_settings
 from mailer.dispatch import Batch
 from mailer.editions import finish_if_done
+from mailer.rendering import Renderer
+from mailer.service import Service
 from mailer.sweeper import sweep as sweep_database
 from workers import runtime
 from workers.app import app
@@ -37,4 +39,22 @@ def sweep() -> dict[str, object]:
         "retried": report.retried,
         "redispatched": report.redispatched,
         "finished": report.finished,
+    }
+
+
+@app.task(name="mailer.schedule_tick", autoretry_for=(OperationalError,), max_retries=3)
+def schedule_tick() -> dict[str, object]:
+    settings = get_settings()
+    service = Service(db.get_engine(), settings, CeleryDispatcher(), Renderer(settings))
+    return {"editions": schedules.tick(db.get_engine(), settings, service)}
+
+
+@app.task(name="mailer.poll_feeds", autoretry_for=(OperationalError,), max_retries=3)
+def poll_feeds() -> dict[str, object]:
+    results = feeds.poll_due(db.get_engine(), get_settings())
+    return {
+        "polled": len(results),
+        "added": sum(r.added for r in results),
+        "updated": sum(r.updated for r in results),
+        "errors": sum(len(r.errors) for r in results),
     }

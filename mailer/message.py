@@ -25,6 +25,7 @@ import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.headerregistry import HeaderRegistry, UnstructuredHeader
+from email.header import Header
 from email.message import EmailMessage, Message, MIMEPart
 from email.policy import SMTP
 from typing import Final
@@ -110,6 +111,25 @@ class MessageSpec:
     extra_headers: Mapping[str, str] = field(default_factory=dict)
 
 
+def _refold_subject(data: bytes, subject: str) -> bytes:
+    """Re-encode a non-ASCII Subject so that every space stays inside an encoded word.
+
+    Python 3.11's ``policy.SMTP`` sometimes folds between two encoded words exactly at a space
+    of the text; RFC 2047 decoders drop whitespace between encoded words, so readers saw two
+    Arabic words fused ("التي كانت" → "التيكانت"). ``email.header.Header`` keeps it inside.
+    """
+    if subject.isascii():
+        return data
+    start = data.index(b"\r\nSubject: ") + 2
+    end = start
+    while True:  # the header runs until a line that does not start with folding whitespace
+        end = data.index(b"\r\n", end) + 2
+        if data[end : end + 1] not in (b" ", b"\t"):
+            break
+    encoded = Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
+    return data[:start] + b"Subject: " + encoded.encode("ascii") + b"\r\n" + data[end:]
+
+
 class MessageTemplate:
     """An edition's message as static byte segments and the encoders of the values between."""
 
@@ -158,7 +178,7 @@ class MessageTemplate:
         html_part, html_qp = _part(spec.html, "html", eightbit)
         payload: list[Message | str] = [text_part, html_part]
         msg.set_payload(payload)
-        data = msg.as_bytes()
+        data = _refold_subject(msg.as_bytes(), spec.subject)
         # Two 600-byte URLs do not fit one line: fold List-Unsubscribe between them.
         old, new = f">, <{mailto}".encode(), f">,\r\n <{mailto}".encode()
         data = data.replace(old, new, 1)

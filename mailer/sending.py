@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from mailer import placeholders as ph
 from mailer.config import Settings
 from mailer.dispatch import Batch
+from mailer.dkim import DkimSigner
 from mailer.editions import eligible, topic_ids_for
 from mailer.message import MessageSpec, MessageTemplate
 from mailer.models import (
@@ -101,6 +102,8 @@ class EditionSender:
         self.engine = engine
         self.transport = transport
         self.tokens = Tokens(settings)
+        # Built once per process; a broken DKIM configuration fails here, before any send.
+        self.signer = DkimSigner.from_settings(settings)
         self.now = now
         self.jitter = jitter
         self._prepared: dict[int, PreparedEdition] = {}
@@ -300,6 +303,8 @@ class EditionSender:
         }
         eightbit = self.transport.eightbitmime
         data = prepared.template(eightbit).personalise(values)
+        if self.signer is not None:  # after substitution: the signature covers the reader's copy
+            data = self.signer.sign(data)
         return self.transport.send(
             self.tokens.verp_address(reader.delivery_id),
             reader.email,

@@ -458,3 +458,28 @@ def test_any_display_name_formatted_for_to_keeps_the_one_recipient(name: str) ->
     msg = parse(data)
     assert msg.keys() == _HEADER_SET
     assert [a.addr_spec for a in msg["To"].addresses] == ["reader@example.org"]
+
+
+ARTICLE_WORDS = (
+    "في مشهد يفضح واقع النظام السوري المتهاوي العسكرية للمعارضة التي كانت تقترب من دمشق "
+    "وفي لحظة تراجع أفقية لم تخطر على بال أحد كانت المعارضة المسلحة تقف على أبواب دمشق"
+).split()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, len(ARTICLE_WORDS) - 1), st.integers(1, 25))
+def test_arabic_subjects_keep_every_space_when_folded(start: int, count: int) -> None:
+    """Folding between encoded words at a space made readers see two words fused."""
+    from email.header import decode_header, make_header
+
+    subject = " ".join(ARTICLE_WORDS[start : start + count])
+    data = MessageTemplate.build(spec(subject=subject)).personalise(reader())
+    assert parse(data)["Subject"] == subject
+    raw = data.split(b"\r\nSubject: ", 1)[1]
+    lines = [raw.split(b"\r\n")[0]]
+    for line in raw.split(b"\r\n")[1:]:
+        if not line.startswith((b" ", b"\t")):
+            break
+        lines.append(line)
+    strict = str(make_header(decode_header(b"".join(lines).decode("ascii"))))
+    assert strict == subject  # RFC 2047's own rule, as strict mail readers apply it

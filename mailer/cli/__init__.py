@@ -49,6 +49,7 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 from mailer.cli import (  # noqa: E402,F401  (register the commands)
+    admin,
     commands,
     deliverability,
     inbound,

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from fastapi import FastAPI, Response
 from sqlalchemy import text
 
-from mailer import api, db
+from mailer import admin, api, db
 from mailer.config import Settings, get_settings
 from mailer.web import readers
 
@@ -52,4 +52,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(readers.router(settings, engine))
     app.include_router(api.router(settings, engine), prefix="/api/v1")
     app.include_router(api.metrics_router(settings, engine))
+    app.include_router(admin.router(settings, engine), prefix="/admin")
     return app

@@ -1,0 +1,3 @@
+"""Admin UI commands: ``mailer users create``."""
+
+from __future__ import annotations

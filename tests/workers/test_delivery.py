@@ -187,3 +187,23 @@ def test_server_that_never_answers_defers_and_the_worker_carries_on(stack: Stack
     assert {r.status for r in rows} == {"sent"}
     assert any(r.attempts >= 2 for r in rows)
     assert len(recipients(stack)) == readers
+
+
+def test_sigterm_during_an_edition_loses_nothing_and_doubles_nothing(stack: Stack) -> None:
+    """A deploy: the worker gets SIGTERM (warm shutdown), a new one takes over."""
+    readers = scale(600, 5000)
+    stack.add_readers(readers)
+    stack.smtp.delay = 0.003
+    worker = stack.start_worker()
+    started = stack.service.trigger_alert(stack.add_story())
+    stack.wait_until(lambda: len(stack.smtp.received) > readers // 5, 60, "sending to start")
+    worker.send_signal(signal.SIGTERM)  # to the main process only, as `docker stop` does
+    worker.wait(60)
+    assert len(stack.smtp.received) < readers, "finished before the deploy; make it slower"
+    stack.workers.remove(worker)
+    stack.smtp.delay = 0
+    stack.start_worker()
+    stack.wait_finished(started.edition_id, timeout=120)
+    got = recipients(stack)
+    assert len(got) == readers and set(got.values()) == {1}
+    assert Counter(r.status for r in stack.deliveries(started.edition_id)) == {"sent": readers}

@@ -282,7 +282,13 @@ class EditionSender:
             self._date_cache = (second, format_datetime(self.now()))
         return self._date_cache[1]
 
-    def _send_one(self, prepared: PreparedEdition, reader: Claimed) -> SendResult:
+    def message_for(
+        self, prepared: PreparedEdition, reader: Claimed, *, eightbit: bool | None = None
+    ) -> tuple[str, bytes]:
+        """The reader's envelope sender and message exactly as sent: personalised, signed.
+
+        Previews and test sends use this too, so they can never drift from the real thing.
+        """
         unsubscribe = self.tokens.sign(
             UNSUBSCRIBE, [reader.subscriber_id, prepared.topic_id, prepared.cadence]
         )
@@ -301,16 +307,16 @@ class EditionSender:
             ph.GREETING: greeting(reader.name),
             ph.EMAIL: reader.email,
         }
-        eightbit = self.transport.eightbitmime
+        if eightbit is None:
+            eightbit = self.transport.eightbitmime
         data = prepared.template(eightbit).personalise(values)
         if self.signer is not None:  # after substitution: the signature covers the reader's copy
             data = self.signer.sign(data)
-        return self.transport.send(
-            self.tokens.verp_address(reader.delivery_id),
-            reader.email,
-            data,
-            smtputf8=reader.needs_smtputf8,
-        )
+        return self.tokens.verp_address(reader.delivery_id), data
+
+    def _send_one(self, prepared: PreparedEdition, reader: Claimed) -> SendResult:
+        envelope, data = self.message_for(prepared, reader)
+        return self.transport.send(envelope, reader.email, data, smtputf8=reader.needs_smtputf8)
 
     def _backoff(self, attempts: int) -> float:
         base = self.settings.retry_base_seconds * 2 ** max(attempts - 1, 0)

@@ -24,8 +24,8 @@ import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.header import Header
+from email.headerregistry import HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage, Message, MIMEPart
 from email.policy import SMTP
 from typing import Final

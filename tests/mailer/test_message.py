@@ -460,10 +460,11 @@ def test_any_display_name_formatted_for_to_keeps_the_one_recipient(name: str) ->
     assert [a.addr_spec for a in msg["To"].addresses] == ["reader@example.org"]
 
 
-ARTICLE_WORDS = (
+ARTICLE = (
     "في مشهد يفضح واقع النظام السوري المتهاوي العسكرية للمعارضة التي كانت تقترب من دمشق "
     "وفي لحظة تراجع أفقية لم تخطر على بال أحد كانت المعارضة المسلحة تقف على أبواب دمشق"
-).split()
+)
+ARTICLE_WORDS = ARTICLE.split()
 
 
 @settings(max_examples=300, deadline=None)

@@ -50,7 +50,12 @@ def make_celery(settings: Settings) -> Celery:
         task_default_queue=DIGESTS_QUEUE,
         task_routes={
             name: {"queue": MAINTENANCE_QUEUE}
-            for name in ("mailer.sweep", "mailer.schedule_tick", "mailer.poll_feeds")
+            for name in (
+                "mailer.sweep",
+                "mailer.schedule_tick",
+                "mailer.poll_feeds",
+                "mailer.poll_imap",
+            )
         },
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
@@ -70,6 +75,7 @@ def make_celery(settings: Settings) -> Celery:
                 "schedule": settings.schedule_tick_seconds,
                 "options": {"expires": settings.schedule_tick_seconds * 2},
             },
+            "poll-imap": {"task": "mailer.poll_imap", "schedule": 60.0, "options": {"expires": 60}},
             "poll-feeds": {
                 "task": "mailer.poll_feeds",
                 "schedule": 60.0,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from mailer import db, feeds, schedules
+from mailer import db, feeds, inbound, schedules
 from mailer.config import get_settings
 from mailer.dispatch import Batch
 from mailer.editions import finish_if_done
@@ -58,3 +58,14 @@ def poll_feeds() -> dict[str, object]:
         "updated": sum(r.updated for r in results),
         "errors": sum(len(r.errors) for r in results),
     }
+
+
+@app.task(
+    name="mailer.poll_imap", soft_time_limit=120, autoretry_for=(OperationalError,), max_retries=3
+)
+def poll_imap() -> dict[str, object]:
+    """Bounces and complaints from a mailbox, when one is configured (MAILER_IMAP_URL)."""
+    settings = get_settings()
+    if not settings.imap_url:
+        return {"handled": 0}
+    return {"handled": inbound.poll_imap(db.get_engine(), settings)}

@@ -15,13 +15,14 @@ from kombu.entity import Queue
 from mailer import db
 from mailer.config import Settings, get_settings
 from mailer.dispatch import ALERTS_QUEUE, DIGESTS_QUEUE, MAINTENANCE_QUEUE
-from workers import runtime
+from workers import fs_transport, runtime
 
 QUEUES = (ALERTS_QUEUE, DIGESTS_QUEUE, MAINTENANCE_QUEUE)
 
 
 def broker_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_is_embedded:
+        fs_transport.install()  # atomic message files: several processes share the folder
         folder = settings.broker_dir
         for sub in ("queue", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)

@@ -83,6 +83,12 @@ class Settings(BaseSettings):
     # Sending control: messages per second (0 = unlimited).
     rate_per_second: float = 0.0
     domain_rate_per_second: float = 0.0
+    # Optional warm-up of a new sending IP: from this date (ISO 8601), the shared rate starts
+    # at warmup_start_rate and grows geometrically to rate_per_second (or 10× start when
+    # unlimited) over warmup_days.
+    warmup_since: str = ""
+    warmup_start_rate: float = 5.0
+    warmup_days: float = 30.0
     # Where the shared token buckets live, by import path; empty: Redis when the broker is
     # Redis, else a SQLite file in the data folder.
     rate_store: str = ""

@@ -9,7 +9,9 @@ next one — safe, because nothing of it was sent. Its health is written to ``sm
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +29,8 @@ log = logging.getLogger(__name__)
 
 DOWN_FIRST = 10.0  # seconds out of rotation after a first session failure…
 DOWN_MAX = 300.0  # …doubling up to this
+SLOT_TTL = 60.0  # a connection slot lapses this long after its process stops renewing it
+SLOT_WAIT = 0.2
 
 
 @dataclass
@@ -36,8 +40,10 @@ class Server:
     weight: int = 1
     rate: float | None = None
     server_id: int | None = None  # the smtp_servers row, if it came from the table
+    max_connections: int | None = None  # processes connected at once, across every host
     down_until: float = 0.0
     failures: int = 0
+    slot_until: float = 0.0  # this process holds a connection slot until then
 
 
 HealthHook = Callable[[Server, bool, str], None]
@@ -62,6 +68,7 @@ class ServerPool:
         self.on_health = on_health
         self.clock = clock
         self.rng = rng
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
 
     def _order(self) -> list[Server]:
         """Available servers in weighted-random order, then the ones that are down (last resort)."""
@@ -86,7 +93,13 @@ class ServerPool:
     ) -> SendResult:
         domain = recipient.rsplit("@", 1)[-1].lower()
         result: SendResult | None = None
-        for server in self._order():
+        order = self._order()
+        while True:
+            usable = [s for s in order if self._slot(s)]
+            if usable:
+                break
+            time.sleep(SLOT_WAIT)  # every server is at its connection limit: wait for a slot
+        for server in usable:
             if self.throttle is not None:
                 self.throttle.wait_turn(server.name, server.rate, domain)
             result = server.transport.send(sender, recipient, data, smtputf8=smtputf8)
@@ -105,6 +118,22 @@ class ServerPool:
             return result
         assert result is not None
         return result
+
+    def _slot(self, server: Server) -> bool:
+        """Whether this process may use the server's connection (``max_connections``)."""
+        if not server.max_connections or self.throttle is None:
+            return True
+        now = self.clock()
+        if server.slot_until - SLOT_TTL / 2 > now:
+            return True  # held, and renewed recently enough
+        store = self.throttle.store
+        held = store.hold_slot(f"conn:{server.name}", self.owner, server.max_connections, SLOT_TTL)
+        if held:
+            server.slot_until = now + SLOT_TTL
+        else:
+            server.slot_until = 0.0
+            server.transport.close()  # give the connection back while we cannot hold a slot
+        return held
 
     def _down(self, server: Server, reason: str) -> None:
         server.failures += 1
@@ -131,6 +160,9 @@ class ServerPool:
     def close(self) -> None:
         for server in self.servers:
             server.transport.close()
+            if server.slot_until and self.throttle is not None:
+                self.throttle.store.release_slot(f"conn:{server.name}", self.owner)
+                server.slot_until = 0.0
 
 
 def record_health(engine: Engine) -> HealthHook:
@@ -165,6 +197,7 @@ def load_servers(engine: Engine, settings: Settings) -> list[Server]:
             weight=row.weight,
             rate=row.rate_per_second,
             server_id=row.id,
+            max_connections=row.max_connections,
         )
         for row in rows
     ]

@@ -17,6 +17,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, cast
 
@@ -36,6 +38,20 @@ class RateStore(Protocol):
 
     def set_state(self, key: str, state: dict[str, float] | None) -> None: ...
 
+    def hold_slot(self, key: str, owner: str, limit: int, ttl: float) -> bool:
+        """Keep (or take) one of ``limit`` slots for ``owner`` for ``ttl`` seconds."""
+
+    def release_slot(self, key: str, owner: str) -> None: ...
+
+
+def _hold(slots: dict[str, float], owner: str, limit: int, now: float, ttl: float) -> bool:
+    for other in [o for o, expires in slots.items() if expires <= now]:
+        del slots[other]  # a process that died without releasing: its slot lapses
+    if owner in slots or len(slots) < limit:
+        slots[owner] = now + ttl
+        return True
+    return False
+
 
 def _reserve(tokens: float, stamp: float, now: float, rate: float, burst: float) -> float:
     """The bucket's tokens after taking one (negative: a debt paid by waiting)."""
@@ -49,7 +65,16 @@ class MemoryRateStore:
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
         self._states: dict[str, dict[str, float]] = {}
+        self._slots: dict[str, dict[str, float]] = {}
         self._lock = threading.Lock()
+
+    def hold_slot(self, key: str, owner: str, limit: int, ttl: float) -> bool:
+        with self._lock:
+            return _hold(self._slots.setdefault(key, {}), owner, limit, self.clock(), ttl)
+
+    def release_slot(self, key: str, owner: str) -> None:
+        with self._lock:
+            self._slots.get(key, {}).pop(owner, None)
 
     def reserve(self, key: str, rate: float, burst: float) -> float:
         with self._lock:
@@ -86,6 +111,7 @@ class SqliteRateStore:
             "CREATE TABLE IF NOT EXISTS buckets (key TEXT PRIMARY KEY, tokens REAL, stamp REAL)"
         )
         self._db.execute("CREATE TABLE IF NOT EXISTS states (key TEXT PRIMARY KEY, value TEXT)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS slots (key TEXT PRIMARY KEY, value TEXT)")
         self._lock = threading.Lock()
 
     def reserve(self, key: str, rate: float, burst: float) -> float:
@@ -106,6 +132,25 @@ class SqliteRateStore:
                 self._db.execute("ROLLBACK")
                 raise
         return 0.0 if left >= 0 else -left / rate
+
+    def hold_slot(self, key: str, owner: str, limit: int, ttl: float) -> bool:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT value FROM slots WHERE key = ?", (key,)).fetchone()
+                slots: dict[str, float] = json.loads(row[0]) if row else {}
+                held = _hold(slots, owner, limit, self.clock(), ttl)
+                self._db.execute(
+                    "INSERT OR REPLACE INTO slots VALUES (?, ?)", (key, json.dumps(slots))
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return held
+
+    def release_slot(self, key: str, owner: str) -> None:
+        self.hold_slot(key, owner, 1 << 30, -1.0)  # an expiry in the past frees it
 
     def get_state(self, key: str) -> dict[str, float] | None:
         with self._lock:
@@ -134,6 +179,34 @@ def load_store(settings: Settings) -> RateStore:
     return cast(RateStore, factory(settings))
 
 
+@dataclass(frozen=True)
+class Warmup:
+    """A new IP's reputation is built slowly: the shared rate grows geometrically per day."""
+
+    since: float  # epoch seconds
+    start_rate: float
+    days: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Warmup | None:
+        if not settings.warmup_since:
+            return None
+        since = datetime.fromisoformat(settings.warmup_since)
+        if since.tzinfo is None:
+            since = since.replace(tzinfo=UTC)
+        if settings.warmup_start_rate <= 0 or settings.warmup_days <= 0:
+            raise ValueError("MAILER_WARMUP_START_RATE and MAILER_WARMUP_DAYS must be positive")
+        return cls(since.timestamp(), settings.warmup_start_rate, settings.warmup_days)
+
+    def rate(self, now: float, target: float) -> float:
+        """The allowed rate at ``now``; ``target`` 0 means unlimited once warmed up."""
+        goal = target if target > 0 else self.start_rate * 10
+        progress = (now - self.since) / (self.days * 86400)
+        if progress >= 1:
+            return target
+        return float(self.start_rate * (goal / self.start_rate) ** max(progress, 0.0))
+
+
 def burst_for(rate: float) -> float:
     # A tenth of a second's worth: smooth, yet one slow reservation doesn't stall everyone.
     return max(1.0, rate / 10)
@@ -152,6 +225,7 @@ class Throttle:
     ) -> None:
         self.store = store
         self.global_rate = settings.rate_per_second
+        self.warmup = Warmup.from_settings(settings)
         self.domain_rate = settings.domain_rate_per_second
         self.clock = clock
         self.sleep = sleep
@@ -186,10 +260,11 @@ class Throttle:
     def wait_turn(self, server: str, configured: float | None, domain: str) -> float:
         """Reserve every applicable turn and sleep until the latest is due; returns the wait."""
         waits = [0.0]
-        if self.global_rate > 0:
-            waits.append(
-                self.store.reserve("global", self.global_rate, burst_for(self.global_rate))
-            )
+        shared = self.global_rate
+        if self.warmup is not None:
+            shared = self.warmup.rate(self.clock(), self.global_rate)
+        if shared > 0:
+            waits.append(self.store.reserve("global", shared, burst_for(shared)))
         rate = self.server_rate(server, configured)
         if rate:
             waits.append(self.store.reserve(f"server:{server}", rate, burst_for(rate)))

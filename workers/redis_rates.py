@@ -24,11 +24,27 @@ return tostring(tokens)
 """
 
 
+# Slots as a sorted set of owners scored by expiry: drop lapsed owners, then keep or take one.
+HOLD = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) + tonumber(now[2]) / 1e6
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', t)
+local limit, ttl = tonumber(ARGV[2]), tonumber(ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < limit then
+  redis.call('ZADD', KEYS[1], t + ttl, ARGV[1])
+  redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 60)
+  return 1
+end
+return 0
+"""
+
+
 class RedisRateStore:
     def __init__(self, settings: Settings) -> None:
         url = settings.redis_url or settings.broker
         self._redis = redis.Redis.from_url(url)
         self._reserve = self._redis.register_script(RESERVE)
+        self._hold = self._redis.register_script(HOLD)
 
     def reserve(self, key: str, rate: float, burst: float) -> float:
         left = float(cast(Any, self._reserve(keys=[f"mailer:rate:{key}"], args=[rate, burst])))
@@ -43,3 +59,10 @@ class RedisRateStore:
             self._redis.delete(f"mailer:state:{key}")
         else:
             self._redis.set(f"mailer:state:{key}", json.dumps(state), ex=3600)
+
+    def hold_slot(self, key: str, owner: str, limit: int, ttl: float) -> bool:
+        held = self._hold(keys=[f"mailer:slots:{key}"], args=[owner, limit, ttl])
+        return bool(int(cast(Any, held)))
+
+    def release_slot(self, key: str, owner: str) -> None:
+        self._redis.zrem(f"mailer:slots:{key}", owner)

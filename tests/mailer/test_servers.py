@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from mailer.config import Settings
 from mailer.models import Edition, SmtpServer
 from mailer.servers import Server, ServerPool, load_servers, record_health
 from mailer.subscribers import ReaderRow, import_readers
@@ -179,3 +180,41 @@ def test_non_ascii_local_part_needs_a_server_that_offers_smtputf8(
         assert arabic.status == "failed" and "SMTPUTF8" in (arabic.last_response or "")
         assert "قارئ@example.com" not in got
     assert sum(1 for e, d in rows.items() if e.isascii() and d.status == "sent") == 3
+
+
+def test_max_connections_is_shared_by_every_process() -> None:
+    """Two sending processes, a relay that allows one connection: the second goes elsewhere
+    until the first lets go (or dies and its slot lapses)."""
+    now = [1_000.0]
+    store = MemoryRateStore(lambda: now[0])
+    throttle = Throttle(store, Settings(), clock=lambda: now[0], sleep=lambda s: None)
+
+    def process(name: str) -> tuple[ServerPool, MemoryTransport, MemoryTransport]:
+        small, big = MemoryTransport(), MemoryTransport()
+        pool = ServerPool(
+            [Server("small", small, weight=100, max_connections=1), Server("big", big)],
+            throttle,
+            clock=lambda: now[0],
+            rng=lambda: 0.0,  # always prefer "small"
+        )
+        pool.owner = name
+        return pool, small, big
+
+    first, first_small, _ = process("host-a:1")
+    second, second_small, second_big = process("host-b:2")
+    first.send("b@example.com", "x@example.com", b"x")
+    second.send("b@example.com", "y@example.com", b"y")
+    assert len(first_small.sent) == 1
+    assert len(second_small.sent) == 0 and len(second_big.sent) == 1  # the slot is taken
+
+    first.close()  # releases its slot
+    now[0] += 31  # the second process re-asks for a slot once its cached answer is stale
+    second.send("b@example.com", "z@example.com", b"z")
+    assert len(second_small.sent) == 1
+
+    third, third_small, third_big = process("host-c:3")
+    third.send("b@example.com", "w@example.com", b"w")
+    assert len(third_big.sent) == 1  # held by the second process
+    now[0] += 61  # the second process died without releasing: its slot lapses
+    third.send("b@example.com", "v@example.com", b"v")
+    assert len(third_small.sent) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -111,3 +112,21 @@ def test_slow_down_of_a_server_without_a_set_rate_uses_the_observed_rate() -> No
     assert t.slow_down("relay", None) == pytest.approx(50, rel=0.05)
     clock.now += HOLD_SECONDS + 100
     assert t.server_rate("relay", None) is None  # recovered: unlimited again
+
+
+def test_warm_up_ramps_a_new_ip_from_the_start_rate_to_the_limit() -> None:
+    clock = Clock()
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    settings = {
+        "rate_per_second": 100.0,
+        "warmup_since": start.isoformat(),
+        "warmup_start_rate": 1.0,
+        "warmup_days": 10.0,
+    }
+    day = 86400.0
+    clock.now = start.timestamp()
+    assert sends_in(throttle(clock, **settings), clock, 10) == pytest.approx(10, abs=2)
+    clock.now = start.timestamp() + 5 * day  # halfway: geometric mean of 1 and 100
+    assert sends_in(throttle(clock, **settings), clock, 10) == pytest.approx(100, rel=0.1)
+    clock.now = start.timestamp() + 11 * day  # warmed up: the configured limit
+    assert sends_in(throttle(clock, **settings), clock, 10) == pytest.approx(1000, rel=0.02)

@@ -68,11 +68,12 @@ def get_engine() -> Engine:
     return _engine
 
 
-def reset_engine() -> None:
-    """Forget the engine (after a fork, or when tests change the configuration)."""
+def reset_engine(*, close: bool = False) -> None:
+    """Forget the engine: after a fork (``close=False``: the parent still uses the connections)
+    or when the configuration changed (``close=True``)."""
     global _engine, _sessionmaker
     if _engine is not None:
-        _engine.dispose(close=False)
+        _engine.dispose(close=close)
     _engine = None
     _sessionmaker = None
 

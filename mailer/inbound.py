@@ -19,12 +19,10 @@ import email.policy
 import imaplib
 import logging
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from types import FrameType
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit
 
@@ -36,7 +34,7 @@ from mailer.bounces import BounceReport, parse
 from mailer.config import Settings
 from mailer.models import utcnow
 from mailer.readers import read_unsubscribe_token, unsubscribe
-from mailer.sink import SinkController
+from mailer.sink import SinkController, serve_until_stopped
 from mailer.tokens import BadToken, Tokens
 
 __all__ = [
@@ -173,22 +171,7 @@ def run_intake(
     stop: threading.Event | None = None,
 ) -> None:
     """Run the intake until SIGTERM or SIGINT (or until ``stop`` is set)."""
-    stop = stop or threading.Event()
-    controller = start_intake(host, port, engine, settings)
-    previous: dict[signal.Signals, Any] = {}
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            previous[signum] = signal.signal(signum, on_signal)
-    try:
-        stop.wait()
-    finally:
-        controller.stop()
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+    serve_until_stopped(start_intake(host, port, engine, settings), stop)
 
 
 # -- IMAP poller -------------------------------------------------------------------------------

@@ -153,8 +153,12 @@ def start_sink(host: str, port: int, directory: Path) -> SinkController:
 
 def run_sink(host: str, port: int, directory: Path, *, stop: threading.Event | None = None) -> None:
     """Run the sink until SIGTERM or SIGINT (or until ``stop`` is set), then shut it down."""
+    serve_until_stopped(start_sink(host, port, directory), stop)
+
+
+def serve_until_stopped(controller: Any, stop: threading.Event | None = None) -> None:
+    """Block until SIGTERM or SIGINT (or ``stop``), then stop the aiosmtpd ``controller``."""
     stop = stop or threading.Event()
-    controller = start_sink(host, port, directory)
     previous: dict[signal.Signals, Any] = {}
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.cli import use_data_dir
 from tests.support.stack import Stack, build_stack, teardown_stack
 
 #: End-to-end sizes: CI runs hundreds of readers; MAILER_TEST_FULL=1 runs the issue's sizes.
@@ -16,6 +17,12 @@ FULL = os.environ.get("MAILER_TEST_FULL", "") == "1"
 
 def scale(ci: int, full: int) -> int:
     return full if FULL else ci
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """For CLI tests: a clean MAILER_* environment on the test's own data folder."""
+    yield from use_data_dir(tmp_path, monkeypatch)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -7,56 +7,14 @@ Runs in-process with Typer's ``CliRunner`` against an SQLite file under ``MAILER
 from __future__ import annotations
 
 import json
-import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from mailer import cli, db
-from mailer.config import get_settings
-
-
-def reset_caches() -> None:
-    get_settings.cache_clear()
-    cli.service.cache_clear()
-    if db._engine is not None:
-        db._engine.dispose()
-    db.reset_engine()
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in list(os.environ):
-        if name.startswith("MAILER_"):
-            monkeypatch.delenv(name)
-    data = tmp_path / "data"
-    monkeypatch.setenv("MAILER_DATA_DIR", str(data))
-    monkeypatch.setenv("MAILER_DISPATCHER", "mailer.dispatch:NullDispatcher")
-    monkeypatch.setenv("MAILER_SECRET_KEYS", "test-secret")
-    monkeypatch.setenv("MAILER_HASH_KEY", "test-hash-key")
-    reset_caches()
-    try:
-        yield data
-    finally:
-        reset_caches()
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli.app, list(args))
-
-
-def ok(*args: str) -> Result:
-    result = run(*args)
-    assert result.exit_code == 0, (args, result.output, result.exception)
-    return result
-
-
-def first_line(result: Result) -> str:
-    return result.stdout.splitlines()[0].strip()
+from tests.support.cli import first_line, ok, run
 
 
 def new_id(result: Result) -> int:

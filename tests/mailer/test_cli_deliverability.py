@@ -6,10 +6,8 @@ In-process with Typer's ``CliRunner`` against an SQLite file under ``MAILER_DATA
 from __future__ import annotations
 
 import json
-import os
 import re
 import stat
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,55 +16,22 @@ import dkim as dkimpy
 import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import Session
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from mailer import cli, db
+from mailer import db
 from mailer import placeholders as ph
 from mailer.config import get_settings
 from mailer.dkim import DkimSigner
 from mailer.message import MessageSpec, MessageTemplate
 from mailer.models import SmtpServer, Subscriber, utcnow
 from mailer.subscribers import add_reader
-
-
-def reset_caches() -> None:
-    get_settings.cache_clear()
-    cli.service.cache_clear()
-    if db._engine is not None:
-        db._engine.dispose()
-    db.reset_engine()
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in list(os.environ):
-        if name.startswith("MAILER_"):
-            monkeypatch.delenv(name)
-    data = tmp_path / "data"
-    monkeypatch.setenv("MAILER_DATA_DIR", str(data))
-    monkeypatch.setenv("MAILER_DISPATCHER", "mailer.dispatch:NullDispatcher")
-    monkeypatch.setenv("MAILER_HASH_KEY", "test-hash-key")
-    reset_caches()
-    try:
-        yield data
-    finally:
-        reset_caches()
+from tests.support.cli import ok, reset_caches, run
 
 
 @pytest.fixture
 def upgraded(data_dir: Path) -> Path:
     ok("db", "upgrade")
     return data_dir
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli.app, list(args))
-
-
-def ok(*args: str) -> Result:
-    result = run(*args)
-    assert result.exit_code == 0, (args, result.output, result.exception)
-    return result
 
 
 def refused(*args: str) -> str:

@@ -101,6 +101,8 @@ def eligible(
             reader.id == subscriber_id,
             reader.status == SubscriberStatus.ACTIVE,
             reader.email.is_not(None),
+            # A reader who paused everything from the preferences page gets nothing meanwhile.
+            or_(reader.paused_until.is_(None), reader.paused_until <= utcnow()),
             ~exists().where(Suppression.email_hash == reader.email_hash),
         ),
         exists().where(

@@ -260,6 +260,8 @@ def _encoder(name: str, context: str, qp: bool) -> Encoder:
             raise ValueError(f"{name} longer than {max_chars} characters")
         if header:
             validate_header_value(value)
+            if not value.strip():  # "To: " alone is no recipient (and breaks parsers)
+                raise ValueError(f"{name} is empty")
         elif _UNSAFE_VALUE.search(value):
             value = _UNSAFE_VALUE.sub(" ", value)
         data = (html.escape(value) if escape else value).encode()

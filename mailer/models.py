@@ -245,6 +245,9 @@ class Delivery(Base):
         Index("ix_deliveries_claim", "edition_id", "status", "id"),
         # The sweeper: due deferred rows and expired leases.
         Index("ix_deliveries_due", "status", "next_attempt_at"),
+        # Erasing a reader sets their rows' subscriber to NULL: without this, each erasure
+        # scans every delivery ever made.
+        Index("ix_deliveries_subscriber", "subscriber_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -349,7 +352,10 @@ class TransactionalMessage(Base):
     """
 
     __tablename__ = "transactional_messages"
-    __table_args__ = (Index("ix_transactional_due", "status", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_transactional_due", "status", "next_attempt_at"),
+        Index("ix_transactional_subscriber", "subscriber_id"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(32))

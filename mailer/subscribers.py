@@ -1,7 +1,10 @@
 """Readers in bulk and one at a time: validated, normalised, de-duplicated by keyed hash.
 
 Imports stream: rows are read lazily and written one chunk per transaction, so a 100k-row file
-never sits in memory and a failure never leaves a chunk half-imported.
+never sits in memory and a failure never leaves a chunk half-imported. Readers imported
+without ``consented`` are pending, and each new one gets a confirmation email queued in the
+same transaction, on the bulk queue (so an import never delays an alert). Exports stream too,
+in keyset chunks, one row per reader and cadence, in the import's own columns.
 """
 
 from __future__ import annotations
@@ -10,12 +13,15 @@ import csv
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from mailer import transactional
 from mailer.addresses import InvalidAddress, address_hash, normalise
 from mailer.config import Settings
+from mailer.dispatch import DIGESTS_QUEUE, Dispatcher
 from mailer.models import (
     Cadence,
     Subscriber,
@@ -47,6 +53,7 @@ class ImportReport:
     added: int = 0
     existing: int = 0
     errors: list[tuple[int, str]] = field(default_factory=list)
+    confirmations: int = 0  # confirmation emails queued (readers imported without consent)
 
 
 def read_csv(path: Path) -> Iterator[ReaderRow | tuple[int, str]]:
@@ -90,16 +97,37 @@ def import_readers(
     source: str = "import",
     chunk: int = CHUNK,
     progress: Callable[[int], None] | None = None,
+    confirm: bool | None = None,
+    dispatcher: Dispatcher | None = None,
+    queue: str = DIGESTS_QUEUE,
 ) -> ImportReport:
-    """Add readers; existing addresses keep their status (an import never re-subscribes)."""
+    """Add readers; existing addresses keep their status (an import never re-subscribes).
+
+    ``confirm`` (default: not ``consented``) queues a confirmation email on ``queue`` for each
+    new reader, in the chunk's transaction; ``dispatcher`` wakes workers after each commit
+    (without one, the sweeper does within ``stall_seconds``). ``progress`` is called with the
+    number of rows of each chunk written.
+    """
     report = ImportReport()
+    confirm = not consented if confirm is None else confirm
     with engine.connect() as conn:
         topic_ids = dict(conn.execute(select(Topic.slug, Topic.id)).all())
     pending: list[tuple[ReaderRow, str, bool, str]] = []
 
     def flush() -> None:
         if pending:
-            _write_chunk(engine, pending, topic_ids, report, consented=consented, source=source)
+            queued = _write_chunk(
+                engine,
+                pending,
+                topic_ids,
+                report,
+                consented=consented,
+                source=source,
+                confirm_on=queue if confirm else None,
+            )
+            report.confirmations += len(queued)
+            if queued and dispatcher is not None:
+                dispatcher.dispatch_messages(queue, queued)  # after the chunk committed
             if progress is not None:
                 progress(len(pending))
             pending.clear()
@@ -134,7 +162,9 @@ def _write_chunk(
     *,
     consented: bool,
     source: str,
-) -> None:
+    confirm_on: str | None,
+) -> list[int]:
+    """Write one chunk in one transaction; the ids of the confirmations it queued."""
     insert_ = _insert(engine)
     now = utcnow()
     status = SubscriberStatus.ACTIVE if consented else SubscriberStatus.PENDING
@@ -143,14 +173,18 @@ def _write_chunk(
         suppressed = set(
             conn.scalars(select(Suppression.email_hash).where(Suppression.email_hash.in_(hashes)))
         )
+        accepted = []
         fresh: dict[str, tuple[ReaderRow, str, bool, str]] = {}
         for item in pending:
             if item[3] in suppressed:
                 report.errors.append((item[0].line, "address is suppressed"))
             else:
+                accepted.append(item)
+                # A reader on several rows (one per cadence, as exports write them) is added
+                # once, from their first row; every row adds its subscriptions.
                 fresh.setdefault(item[3], item)
         if not fresh:
-            return
+            return []
         values = [
             {
                 "email": email,
@@ -183,11 +217,12 @@ def _write_chunk(
                 conn.scalars(select(Subscriber.email_hash).where(Subscriber.email_hash.in_(fresh)))
             )
             conn.execute(insert_(Subscriber).on_conflict_do_nothing(), values)
-            added_count = len(fresh) - len(before)
+            new_hashes = set(fresh) - before
         else:
-            added_count = len(added)
+            new_hashes = {row.email_hash for row in added}
+        added_count = len(new_hashes)
         report.added += added_count
-        report.existing += len(fresh) - added_count
+        report.existing += len(accepted) - added_count
         ids = dict(
             conn.execute(
                 select(Subscriber.email_hash, Subscriber.id).where(Subscriber.email_hash.in_(fresh))
@@ -200,10 +235,19 @@ def _write_chunk(
                 "cadence": row.cadence,
                 "created_at": now,
             }
-            for digest, (row, _, _, _) in fresh.items()
+            for row, _, _, digest in accepted
             for slug in row.topics
         ]
         conn.execute(insert_(Subscription).on_conflict_do_nothing(), subscriptions)
+        if confirm_on is None or consented:
+            return []
+        return transactional.enqueue_many(
+            conn,
+            transactional.CONFIRMATION,
+            sorted(ids[digest] for digest in new_hashes),
+            queue=confirm_on,
+            now=lambda: now,
+        )
 
 
 def add_reader(
@@ -232,3 +276,78 @@ def add_reader(
         subscriber_id = conn.scalar(select(Subscriber.id).where(Subscriber.email_hash == digest))
     assert subscriber_id is not None
     return subscriber_id
+
+
+EXPORT_COLUMNS = (
+    "email",
+    "name",
+    "topics",
+    "cadence",
+    "locale",
+    "timezone",
+    "status",
+    "consent_at",
+    "consent_source",
+    "confirmed_at",
+)
+
+
+def export_readers(
+    engine: Engine, *, status: str | None = None, chunk: int = CHUNK
+) -> Iterator[dict[str, Any]]:
+    """Every reader as rows of :data:`EXPORT_COLUMNS`: one per reader and cadence (topics
+    joined with ``;``), so the file imports back as it was; a reader with no subscription
+    (unsubscribed) is one row with empty topics. Erased readers are not there.
+
+    Streams in keyset chunks, each read in its own short transaction.
+    """
+    after = 0
+    while True:
+        query = (
+            select(Subscriber)
+            .where(Subscriber.id > after, Subscriber.email.is_not(None))
+            .order_by(Subscriber.id)
+            .limit(chunk)
+        )
+        if status is not None:
+            query = query.where(Subscriber.status == status)
+        with engine.connect() as conn:
+            readers = conn.execute(query).all()
+            if not readers:
+                return
+            choices: dict[tuple[int, str], list[str]] = {}
+            for row in conn.execute(
+                select(Subscription.subscriber_id, Subscription.cadence, Topic.slug)
+                .join(Topic, Topic.id == Subscription.topic_id)
+                .where(Subscription.subscriber_id.in_([r.id for r in readers]))
+                .order_by(Subscription.subscriber_id, Topic.position, Topic.id)
+            ):
+                choices.setdefault((row.subscriber_id, row.cadence), []).append(row.slug)
+        for reader in readers:
+            base = {
+                "email": reader.email,
+                "name": reader.name,
+                "locale": reader.locale,
+                "timezone": reader.timezone,
+                "status": reader.status,
+                "consent_at": reader.consent_at.isoformat() if reader.consent_at else "",
+                "consent_source": reader.consent_source or "",
+                "confirmed_at": reader.confirmed_at.isoformat() if reader.confirmed_at else "",
+            }
+            cadences: list[str | None] = [c for c in Cadence if (reader.id, c) in choices]
+            cadences = cadences or [None]
+            for cadence in cadences:
+                topics = ";".join(choices.get((reader.id, cadence), [])) if cadence else ""
+                yield base | {"topics": topics, "cadence": cadence or ""}
+        after = readers[-1].id
+
+
+def write_csv(rows: Iterable[dict[str, Any]], handle: Any) -> int:
+    """Write export rows as CSV with a header to a text ``handle``; returns the row count."""
+    writer = csv.DictWriter(handle, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    for row in rows:
+        writer.writerow(row)
+        count += 1
+    return count

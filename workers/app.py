@@ -56,6 +56,7 @@ def make_celery(settings: Settings) -> Celery:
                 "mailer.schedule_tick",
                 "mailer.poll_feeds",
                 "mailer.poll_imap",
+                "mailer.forget_unconfirmed",
             )
         },
         broker_transport_options=broker_options(settings),
@@ -75,6 +76,12 @@ def make_celery(settings: Settings) -> Celery:
                 "task": "mailer.schedule_tick",
                 "schedule": settings.schedule_tick_seconds,
                 "options": {"expires": settings.schedule_tick_seconds * 2},
+            },
+            # Hourly: pending readers older than 30 days are forgotten.
+            "forget-unconfirmed": {
+                "task": "mailer.forget_unconfirmed",
+                "schedule": 3600.0,
+                "options": {"expires": 1800},
             },
             "poll-imap": {"task": "mailer.poll_imap", "schedule": 60.0, "options": {"expires": 60}},
             "poll-feeds": {

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
-from mailer import db, feeds, inbound, schedules
+from mailer import db, feeds, inbound, schedules, transactional
 from mailer.config import get_settings
 from mailer.dispatch import Batch
 from mailer.editions import finish_if_done
@@ -33,8 +33,11 @@ def send_batch(edition_id: int, first_id: int, last_id: int) -> dict[str, object
 
 @app.task(name="mailer.sweep", autoretry_for=(OperationalError,), max_retries=3)
 def sweep() -> dict[str, object]:
-    report = sweep_database(db.get_engine(), get_settings(), CeleryDispatcher())
+    settings, dispatcher = get_settings(), CeleryDispatcher()
+    report = sweep_database(db.get_engine(), settings, dispatcher)
+    woken = transactional.sweep(db.get_engine(), settings, dispatcher)
     return {
+        "transactional": woken,
         "reclaimed": report.reclaimed,
         "retried": report.retried,
         "redispatched": report.redispatched,
@@ -69,3 +72,23 @@ def poll_imap() -> dict[str, object]:
     if not settings.imap_url:
         return {"handled": 0}
     return {"handled": inbound.poll_imap(db.get_engine(), settings)}
+
+
+@app.task(
+    name="mailer.send_transactional",
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=None,
+)
+def send_transactional(message_id: int) -> str | None:
+    """A confirmation or welcome email, through the process's servers, limits and signer."""
+    sender = runtime.sender()
+    return transactional.send_message(
+        db.get_engine(), get_settings(), sender.transport, message_id, signer=sender.signer
+    )
+
+
+@app.task(name="mailer.forget_unconfirmed", autoretry_for=(OperationalError,), max_retries=3)
+def forget_unconfirmed() -> int:
+    return transactional.forget_unconfirmed(db.get_engine(), get_settings())

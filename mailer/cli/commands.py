@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -13,11 +14,28 @@ from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, T
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer import db, editions, migrate, stories
-from mailer.cli import app, console, emit, fail, service, settings
+from mailer import audit, db, editions, migrate, operations, stories
+from mailer.cli import app, console, emit, err, fail, service, settings
+from mailer.dispatch import load_dispatcher
 from mailer.editions import EditionError
-from mailer.models import Cadence, Edition, EditionStatus, Story, Subscriber, Topic
-from mailer.subscribers import ReaderRow, add_reader, import_readers, read_csv
+from mailer.models import (
+    Cadence,
+    Edition,
+    EditionStatus,
+    Story,
+    Subscriber,
+    SubscriberStatus,
+    Topic,
+)
+from mailer.subscribers import (
+    ReaderRow,
+    add_reader,
+    export_readers,
+    import_readers,
+    read_csv,
+    write_csv,
+)
+from mailer.transport import SmtpConfig, SmtpTransport
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 
@@ -136,11 +154,17 @@ def subscribers_add(
 def subscribers_import(
     file: Annotated[Path, typer.Argument(exists=True, dir_okay=False)],
     consented: Annotated[
-        bool, typer.Option("--consented", help="Readers already opted in.")
+        bool,
+        typer.Option(
+            "--consented",
+            help="Readers already opted in; without it each new reader is "
+            "pending and gets a confirmation email (on the bulk queue).",
+        ),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Import readers from CSV: email, name, topics (a;b), cadence, locale, timezone."""
+    s = settings()
     with Progress(
         TextColumn("importing"),
         BarColumn(),
@@ -154,10 +178,11 @@ def subscribers_import(
             report = import_readers(
                 db.get_engine(),
                 read_csv(file),
-                settings(),
+                s,
                 consented=consented,
                 source=f"import:{file.name}",
                 progress=lambda n: bar.advance(task, n),
+                dispatcher=None if consented else load_dispatcher(s.dispatcher),
             )
         except ValueError as exc:
             raise fail(str(exc)) from exc
@@ -165,14 +190,38 @@ def subscribers_import(
         "read": report.read,
         "added": report.added,
         "existing": report.existing,
+        "confirmations": report.confirmations,
         "errors": [{"line": line, "error": e} for line, e in report.errors],
     }
+    summary = f"{report.added} added, {report.existing} already known, {len(report.errors)} refused"
+    if not consented:
+        summary += f", {report.confirmations} confirmation emails queued"
     emit(
         as_json,
         data,
-        [f"{report.added} added, {report.existing} already known, {len(report.errors)} refused"]
-        + [f"  line {line}: {e}" for line, e in report.errors[:50]],
+        [summary] + [f"  line {line}: {e}" for line, e in report.errors[:50]],
     )
+    if len(report.errors) > 50 and not as_json:
+        console.print(f"  … and {len(report.errors) - 50} more (--json lists them all)")
+
+
+@subscribers_app.command("export")
+def subscribers_export(
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", dir_okay=False, help="Default: stdout.")
+    ] = None,
+    status: Annotated[
+        SubscriberStatus | None, typer.Option(help="Only readers with this status.")
+    ] = None,
+) -> None:
+    """Every reader as CSV in the import's columns (plus status and consent), streaming."""
+    rows = export_readers(db.get_engine(), status=status)
+    if output is None:
+        write_csv(rows, sys.stdout)
+        return
+    with output.open("w", encoding="utf-8", newline="") as handle:
+        count = write_csv(rows, handle)
+    err.print(f"{count} rows written to {output}", highlight=False)
 
 
 @subscribers_app.command("list")
@@ -220,13 +269,20 @@ def _wait(edition_id: int, as_json: bool) -> None:
 def alert(
     story_id: int,
     wait: Annotated[bool, typer.Option("--wait", help="Follow progress until done.")] = False,
+    test_to: Annotated[
+        list[str] | None, typer.Option("--test-to", help="Seed address to test first.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Send the story as a breaking-news alert to every alert subscriber (once per story)."""
+    if test_to:
+        _test_alert(story_id, test_to)
     try:
         started = service().trigger_alert(story_id)
     except EditionError as exc:
         raise fail(str(exc)) from exc
+    if started.created:
+        _audit("alert.trigger", f"edition:{started.edition_id}", {"story_id": story_id})
     emit(
         as_json,
         started.__dict__,
@@ -241,6 +297,27 @@ def alert(
         _wait(started.edition_id, as_json)
 
 
+def _test_alert(story_id: int, addresses: list[str]) -> None:
+    """Send the alert to seed addresses first (no deliveries; audited), then carry on."""
+    transport = SmtpTransport(SmtpConfig.from_url(settings().smtp_url))
+    try:
+        results = operations.test_send_alert(
+            db.get_engine(),
+            settings(),
+            transport,
+            service().renderer,
+            story_id,
+            addresses,
+            audit.cli_actor(),
+        )
+    except (operations.NotFound, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        transport.close()
+    for result in results:
+        err.print(f"test to {result.address}: {result.outcome} {result.code or ''} {result.text}")
+
+
 @digest_app.command("send")
 def digest_send(
     topic: str,
@@ -253,6 +330,7 @@ def digest_send(
         started = service().send_digest(topic, cadence)
     except EditionError as exc:
         raise fail(str(exc)) from exc
+    _audit("digest.send", f"edition:{started.edition_id}", {"topic": topic, "cadence": cadence})
     emit(
         as_json,
         started.__dict__,
@@ -316,11 +394,17 @@ def editions_show(edition_id: int, as_json: JsonOpt = False) -> None:
     )
 
 
+def _audit(action: str, target: str, details: dict[str, object] | None = None) -> None:
+    with db.get_engine().begin() as conn:
+        audit.record(conn, audit.cli_actor(), action, target, details or {})
+
+
 def _control(action: str, edition_id: int) -> None:
     try:
         getattr(service(), action)(edition_id)
     except EditionError as exc:
         raise fail(str(exc)) from exc
+    _audit(f"edition.{action}", f"edition:{edition_id}")
     console.print(f"{edition_id}\n{action}d" if action != "cancel" else f"{edition_id}\ncancelled")
 
 

@@ -1,76 +1,202 @@
-"""Reader pages reached from emails: ``GET/POST /unsubscribe/{token}``.
+"""Reader pages: subscribe, confirm, unsubscribe, and (:mod:`mailer.web.preferences`) the
+preferences link with the data download and erasure.
 
-GET only shows a page with a button, so a link scanner that fetches the URL changes nothing.
-POST is both that button and the RFC 8058 one-click request mail clients send (body
-``List-Unsubscribe=One-Click``, urlencoded or multipart, no cookies): the signed token in the
-URL is what authenticates it, so it needs no CSRF token. It is idempotent and answers 200.
+- ``GET/POST /subscribe``: the form; the answer is the same "check your email" page whatever
+  the address's state (:mod:`mailer.signup`), rate-limited per client IP and per address,
+  with a honeypot field (``website``) that bots fill and people never see.
+- ``GET /confirm/{token}`` shows a button, ``POST`` confirms (once) and queues the welcome.
+- ``GET /unsubscribe/{token}`` shows a button, so a link scanner changes nothing. ``POST`` is
+  both that button and the RFC 8058 one-click request mail clients send (body
+  ``List-Unsubscribe=One-Click``, urlencoded or multipart, no cookies): the signed token in
+  the URL authenticates it, so it alone needs no CSRF token. Idempotent; 200.
+
+Every other form carries a CSRF field (:mod:`mailer.csrf`). Tokens that are tampered with,
+expired or for another purpose get an Arabic error page with a 4xx status and change nothing.
+Messages are dispatched after their transaction committed. Database work runs in the thread
+pool, never on the event loop.
 """
 
 from __future__ import annotations
 
-from html import escape
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy import Engine
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData
 
+from mailer import readers, signup
 from mailer.config import Settings
-from mailer.readers import describe as describe_scope
-from mailer.readers import read_unsubscribe_token, unsubscribe
-from mailer.tokens import BadToken, Tokens
+from mailer.dispatch import ALERTS_QUEUE, Dispatcher
+from mailer.ratelimit import Limiter, load_limiter
+from mailer.tokens import PREFERENCES, BadToken, ExpiredToken
+from mailer.web import preferences
+from mailer.web.pages import Web, client_ip, consent
 
-PAGE = """<!doctype html>
-<html lang="ar" dir="rtl"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{title}</title>
-<style>body{{font-family:Tahoma,Arial,sans-serif;direction:rtl;text-align:right;max-width:36rem;
-margin:2rem auto;padding:0 1rem;line-height:1.7}}button{{font:inherit;padding:.6rem 1.2rem;
-margin:.3rem 0}}</style></head>
-<body><h1>{title}</h1>{body}</body></html>"""
+HONEYPOT = "website"
 
 
-def page(title: str, body: str, status: int = 200) -> HTMLResponse:
-    return HTMLResponse(PAGE.format(title=escape(title), body=body), status_code=status)
-
-
-def bad_link() -> HTMLResponse:
-    return page(
-        "رابط غير صالح",
-        "<p>هذا الرابط غير صالح أو تم تعديله. استخدم الرابط الموجود في آخر رسالة وصلتك.</p>",
-        400,
-    )
-
-
-def router(settings: Settings, engine: Engine) -> APIRouter:
-    tokens = Tokens(settings)
+def router(
+    settings: Settings,
+    engine: Engine,
+    *,
+    dispatcher: Dispatcher | None = None,
+    limiter: Limiter | None = None,
+) -> APIRouter:
+    """The reader routes; ``dispatcher`` defaults to ``MAILER_DISPATCHER`` (loaded on first
+    use) and ``limiter`` to ``MAILER_LIMITER``."""
+    web = Web.create(settings, engine, dispatcher)
+    pages, tokens = web.pages, web.tokens
+    limits = limiter or load_limiter(settings.limiter, settings)
     routes = APIRouter()
+
+    # -- subscribe ---------------------------------------------------------------------------
+
+    def subscribe_form(
+        request: Request, values: dict[str, Any] | None = None, *, status: int = 200
+    ) -> HTMLResponse:
+        context = {
+            "topics": readers.list_topics(engine),
+            "email": "",
+            "name": "",
+            "chosen": ["breaking"],
+            "cadence": "instant",
+            "error": None,
+        } | (values or {})
+        return pages.render("subscribe", context, status=status, request=request)
+
+    @routes.get("/subscribe", response_class=HTMLResponse)
+    def subscribe_page(request: Request) -> HTMLResponse:
+        return subscribe_form(request)
+
+    def subscribe(request: Request, form: FormData) -> HTMLResponse:
+        if not web.csrf_ok(request, form):
+            return pages.csrf_failed("/subscribe")
+        if form.get(HONEYPOT):  # a bot: it sees success, nothing happens
+            return pages.render("check_email")
+        if not limits.hit(f"subscribe:ip:{client_ip(request)}", settings.subscribe_limit_per_ip):
+            return pages.error(
+                "طلبات كثيرة",
+                "وصلتنا طلبات كثيرة من جهازك في وقت قصير. انتظر قليلاً ثم حاول مرة أخرى.",
+                429,
+                retry="/subscribe",
+            )
+        asked = signup.SubscribeRequest(
+            email=str(form.get("email") or ""),
+            name=str(form.get("name") or ""),
+            topics=tuple(str(t) for t in form.getlist("topics")),
+            cadence=str(form.get("cadence") or ""),
+            consent=consent(request),
+        )
+        try:
+            done = signup.subscribe(
+                engine,
+                settings,
+                asked,
+                # Over the per-address limit: the same page, nothing sent (no mail bombing).
+                allow=lambda digest: limits.hit(
+                    f"subscribe:address:{digest}", settings.subscribe_limit_per_address
+                ),
+            )
+        except signup.InvalidRequest as exc:  # a form error is not enumeration: say it
+            values = {
+                "email": asked.email,
+                "name": asked.name,
+                "chosen": list(asked.topics),
+                "cadence": asked.cadence,
+                "error": str(exc),
+            }
+            return subscribe_form(request, values, status=400)
+        web.wake(done.queue, done.message_id)
+        return pages.render("check_email")
+
+    @routes.post("/subscribe", response_class=HTMLResponse)
+    async def subscribe_post(request: Request) -> HTMLResponse:
+        form = await request.form()
+        return await run_in_threadpool(subscribe, request, form)
+
+    # -- confirm -----------------------------------------------------------------------------
+
+    def confirm_answer(state: signup.ConfirmState, request: Request) -> HTMLResponse:
+        if state == signup.ConfirmState.READY:
+            return pages.render("confirm", request=request)
+        if state == signup.ConfirmState.CONFIRMED:
+            return pages.render("confirmed")
+        if state == signup.ConfirmState.ALREADY:
+            return pages.render("already_confirmed")
+        if state == signup.ConfirmState.STALE:
+            return pages.error(
+                "رابط قديم",
+                "لم يعد هذا الرابط صالحاً: أُرسل بعده رابط أحدث، أو أُلغي الاشتراك منذ ذلك الحين. "
+                "استخدم الرابط في آخر رسالة تأكيد وصلتك، أو اشترك من جديد.",
+                409,
+                retry="/subscribe",
+            )
+        return pages.gone()
+
+    def confirm_token(token: str) -> tuple[int, int] | HTMLResponse:
+        try:
+            return signup.read_confirm_token(settings, tokens, token)
+        except ExpiredToken:
+            return pages.error(
+                "انتهت صلاحية الرابط",
+                f"رابط التأكيد صالح لمدة {settings.confirm_max_age_days} أيام فقط وقد انتهت "
+                "مدته. اشترك من جديد لتصلك رسالة تأكيد جديدة.",
+                410,
+                retry="/subscribe",
+            )
+        except BadToken:
+            return pages.bad_link()
+
+    @routes.get("/confirm/{token}", response_class=HTMLResponse)
+    def confirm_page(token: str, request: Request) -> HTMLResponse:
+        found = confirm_token(token)
+        if isinstance(found, HTMLResponse):
+            return found
+        return confirm_answer(signup.confirm_state(engine, *found), request)
+
+    def confirm(token: str, request: Request, form: FormData) -> HTMLResponse:
+        found = confirm_token(token)
+        if isinstance(found, HTMLResponse):
+            return found
+        if not web.csrf_ok(request, form):
+            return pages.csrf_failed(f"/confirm/{token}")
+        state, welcome = signup.confirm(engine, *found, consent(request))
+        web.wake(ALERTS_QUEUE, welcome)
+        return confirm_answer(state, request)
+
+    @routes.post("/confirm/{token}", response_class=HTMLResponse)
+    async def confirm_post(token: str, request: Request) -> HTMLResponse:
+        form = await request.form()
+        return await run_in_threadpool(confirm, token, request, form)
+
+    # -- unsubscribe -------------------------------------------------------------------------
 
     @routes.get("/unsubscribe/{token}", response_class=HTMLResponse)
     def unsubscribe_page(token: str) -> HTMLResponse:
         try:
-            scope = read_unsubscribe_token(tokens, token)
+            scope = readers.read_unsubscribe_token(tokens, token)
         except BadToken:
-            return bad_link()
-        what = escape(describe_scope(engine, scope))
-        return page(
-            "إلغاء الاشتراك",
-            f"<p>هل تريد إلغاء اشتراكك في {what}؟</p>"
-            f'<form method="post"><button name="List-Unsubscribe" value="One-Click">'
-            f"إلغاء الاشتراك في {what}</button></form>"
-            '<form method="post"><button name="scope" value="all">'
-            "إلغاء الاشتراك في كل الرسائل</button></form>",
-        )
+            return pages.bad_link()
+        context = {"what": readers.describe(engine, scope), "everything": scope.everything}
+        return pages.render("unsubscribe", context)
+
+    def unsubscribe(token: str, form: FormData) -> HTMLResponse:
+        try:
+            scope = readers.read_unsubscribe_token(tokens, token)
+        except BadToken:
+            return pages.bad_link()
+        everything = form.get("scope") == "all" or scope.everything
+        readers.unsubscribe(engine, scope, everything=everything)
+        what = "كل الرسائل" if everything else readers.describe(engine, scope)
+        back = f"/preferences/{tokens.sign(PREFERENCES, scope.subscriber_id)}"
+        return pages.render("unsubscribed", {"what": what, "preferences": back})
 
     @routes.post("/unsubscribe/{token}", response_class=HTMLResponse)
     async def unsubscribe_post(token: str, request: Request) -> HTMLResponse:
-        try:
-            scope = read_unsubscribe_token(tokens, token)
-        except BadToken:
-            return bad_link()
         form = await request.form()
-        everything = form.get("scope") == "all"
-        unsubscribe(engine, scope, everything=everything)
-        what = "كل الرسائل" if everything else describe_scope(engine, scope)
-        return page("تم إلغاء الاشتراك", f"<p>لن تصلك بعد الآن رسائل {escape(what)}.</p>")
+        return await run_in_threadpool(unsubscribe, token, form)
 
+    routes.include_router(preferences.routes(web))
     return routes

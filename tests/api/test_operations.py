@@ -193,4 +193,4 @@ def test_preview_test_and_resend_commands(cli_env: Path, smtp: ScriptedSMTPServe
     with Session(db.get_engine()) as session:
         assert session.scalar(select(Delivery.status)) == "queued"
         actions = list(session.scalars(select(AuditEvent.action).order_by(AuditEvent.id)))
-    assert actions == ["test_send", "test_send", "edition.resend_failed"]
+    assert actions == ["alert.trigger", "test_send", "test_send", "edition.resend_failed"]

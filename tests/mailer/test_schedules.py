@@ -31,7 +31,7 @@ from mailer.migrate import upgrade
 from mailer.models import Delivery, Edition, EditionStory, Schedule, Story
 from mailer.service import Service, Started
 from mailer.stories import ensure_topics
-from tests.support.stack import _pg_admin_url, create_pg_database, drop_pg_database, need_service
+from tests.support.stack import create_pg_database, drop_pg_database, need_service, pg_admin_url
 from tests.support.world import World, make_world, migrated_template
 
 __all__ = ["migrated_template"]
@@ -422,7 +422,7 @@ def test_two_beats_racing_create_one_edition(
 @pytest.fixture
 def pg_world(world: World) -> Iterator[World]:
     """The same world on a fresh PostgreSQL database (what production runs)."""
-    need_service("PostgreSQL", lambda: psycopg.connect(_pg_admin_url(), connect_timeout=3).close())
+    need_service("PostgreSQL", lambda: psycopg.connect(pg_admin_url(), connect_timeout=3).close())
     url = create_pg_database()
     try:
         upgrade(url)

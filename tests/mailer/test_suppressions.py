@@ -27,7 +27,7 @@ from mailer.suppress import (
     list_suppressions,
     remove_suppression,
 )
-from tests.support.stack import _pg_admin_url, create_pg_database, drop_pg_database, need_service
+from tests.support.stack import create_pg_database, drop_pg_database, need_service, pg_admin_url
 from tests.support.world import Clock, World, make_world, migrated_template, sent_to
 
 __all__ = ["migrated_template"]
@@ -211,7 +211,7 @@ def test_a_suppression_added_mid_edition_stops_later_batches(world: World) -> No
 
 @pytest.fixture
 def pg_world(tmp_path: Path) -> Iterator[World]:
-    need_service("PostgreSQL", lambda: psycopg.connect(_pg_admin_url(), connect_timeout=3).close())
+    need_service("PostgreSQL", lambda: psycopg.connect(pg_admin_url(), connect_timeout=3).close())
     url = create_pg_database()
     try:
         upgrade(url)

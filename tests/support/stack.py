@@ -69,20 +69,20 @@ def need_service(name: str, probe: Callable[[], object]) -> None:
         pytest.skip(message)
 
 
-def _pg_admin_url() -> str:
+def pg_admin_url() -> str:
     return PG_URL.replace("postgresql+psycopg://", "postgresql://")
 
 
 def create_pg_database() -> str:
     name = f"mailer_t_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(_pg_admin_url(), autocommit=True, connect_timeout=3) as conn:
+    with psycopg.connect(pg_admin_url(), autocommit=True, connect_timeout=3) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return PG_URL.rsplit("/", 1)[0] + "/" + name
 
 
 def drop_pg_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
-    with psycopg.connect(_pg_admin_url(), autocommit=True) as conn:
+    with psycopg.connect(pg_admin_url(), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -260,7 +260,7 @@ def build_stack(kind: str, tmp: Path, **overrides: Any) -> Stack:
     )
     if kind == "postgres":
         need_service(
-            "PostgreSQL", lambda: psycopg.connect(_pg_admin_url(), connect_timeout=3).close()
+            "PostgreSQL", lambda: psycopg.connect(pg_admin_url(), connect_timeout=3).close()
         )
         need_service("Redis", lambda: redis.Redis.from_url(REDIS_URL, socket_timeout=3).ping())
         values["database_url"] = create_pg_database()

@@ -1,0 +1,1 @@
+"""Reader pages over HTTP: subscribe, confirm, preferences, unsubscribe."""

@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test lint bench full-test
+.PHONY: install run test lint bench full-test chromium
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,16 @@ run: install
 	$(BIN)/mailer serve
 
 ## Install, then lint, type-check and run the whole test suite.
-test: install lint
+test: install chromium lint
 	$(BIN)/pytest
+
+## The admin UI's browser tests drive Debian's Chromium (never a downloaded browser).
+chromium:
+	@test -x /usr/bin/chromium || { \
+		echo "installing Debian's chromium for the browser tests"; \
+		sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$sudo apt-get install -y -qq chromium; }
 
 lint: install
 	$(BIN)/ruff check mailer workers tests benchmarks

@@ -422,3 +422,19 @@ def test_renders_with_templates_dir_override(tmp_path: Path, settings: Settings)
     assert email.subject == "تجربة <ok>"
     assert email.text == "<ok>\n"
     assert "&lt;ok&gt;" in email.html
+
+
+@pytest.mark.parametrize(
+    ("title", "subject"),
+    [
+        ("سقوط النظام في دمشق", "عاجل: سقوط النظام في دمشق"),
+        ("عاجل: سقوط النظام في دمشق", "عاجل: سقوط النظام في دمشق"),  # not "عاجل: عاجل: …"
+    ],
+)
+def test_alert_subject_says_breaking_once(
+    renderer: Renderer, assad: StoryView, title: str, subject: str
+) -> None:
+    from dataclasses import replace
+
+    rendered = renderer.render_alert(replace(assad, title=title), topic_name="سوريا")
+    assert rendered.subject == subject

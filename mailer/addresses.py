@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -72,6 +73,9 @@ def normalise(raw: str, *, check_deliverability: bool = False) -> Address:
         raise InvalidAddress("A display name or angle brackets are not allowed, only the address.")
     if '"' in text:
         raise InvalidAddress("Quotes are not allowed in an email address.")
+    if "=?" in text:
+        # RFC 2047 encoded words decode to other addresses in some mail readers.
+        raise InvalidAddress("Encoded words (=?…?=) are not allowed in an email address.")
     try:
         # Every permissive option is spelled out so that changing email-validator's module-level
         # defaults elsewhere cannot loosen what is accepted here.
@@ -102,3 +106,11 @@ def normalise(raw: str, *, check_deliverability: bool = False) -> Address:
 def address_hash(key: str, hash_key: str) -> str:
     """Hex HMAC-SHA256 of an address key: stable across erasure, useless without ``hash_key``."""
     return hmac.new(hash_key.encode(), key.encode(), hashlib.sha256).hexdigest()
+
+
+_NAME_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def clean_name(name: str) -> str:
+    """A reader's name as one line of text (controls become spaces), at most 200 characters."""
+    return " ".join(_NAME_CONTROL.sub(" ", name).split())[:200]

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     hijri_date: bool = False
 
     # Sending.
+    # Digest workers pause between chunks while an alert has readers queued; only for
+    # workers that do not consume the alerts queue themselves (compose's worker-digests).
+    digests_yield_to_alerts: bool = False
     alert_batch_size: int = 100
     digest_batch_size: int = 500
     claim_chunk: int = 50

@@ -180,7 +180,10 @@ def create_digest(
     """
     if cadence not in (Cadence.DAILY, Cadence.WEEKLY):
         raise EditionError(f"a digest's cadence is daily or weekly, not {cadence!r}")
-    topic = session.scalar(select(Topic).where(Topic.slug == topic_slug))
+    # Locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises): two operators sending
+    # the same digest at once would otherwise both read "since the last digest" before either
+    # commits, and every reader would get it twice.
+    topic = session.scalar(select(Topic).where(Topic.slug == topic_slug).with_for_update())
     if topic is None:
         raise EditionError(f"no topic {topic_slug!r}")
     since = last_digest_time(session, topic.id, cadence)

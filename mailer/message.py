@@ -118,8 +118,8 @@ def _refold_subject(data: bytes, subject: str) -> bytes:
     of the text; RFC 2047 decoders drop whitespace between encoded words, so readers saw two
     Arabic words fused ("التي كانت" → "التيكانت"). ``email.header.Header`` keeps it inside.
     """
-    if subject.isascii():
-        return data
+    if subject.isascii() and "=?" not in subject:
+        return data  # a literal "=?…?=" would be decoded by readers: always encode it
     start = data.index(b"\r\nSubject: ") + 2
     end = start
     while True:  # the header runs until a line that does not start with folding whitespace
@@ -250,10 +250,24 @@ def _list_id(value: str) -> str:
     return f"{name.strip()} <{ident}>".lstrip()
 
 
+# One address (already validated by mailer.addresses) or one msg-id: a cheap last check, so
+# no caller can make a header that mail parsers choke on or read as something else.
+_SPECIALS = r"\s@<>()\[\];:,\"\\"
+_ADDR = rf"[^{_SPECIALS}]+@[^{_SPECIALS}]+"
+# A display name as email.utils.formataddr writes it: a quoted string, or words (atoms and
+# encoded words) without specials.
+_DISPLAY = rf'(?:"(?:[^"\\]|\\.)*"|[^{_SPECIALS}]+(?: [^{_SPECIALS}]+)*)'
+_SHAPES: Final = {
+    ph.TO: re.compile(rf"{_ADDR}|\s*(?:{_DISPLAY}\s*)?<{_ADDR}>"),
+    ph.MESSAGE_ID: re.compile(rf"<{_ADDR}>"),
+}
+
+
 def _encoder(name: str, context: str, qp: bool) -> Encoder:
     """The function that turns a raw value into its bytes for one spot (closed over, no lookups)."""
     max_chars, max_bytes = _LIMITS[name]
     header, escape = context == "header", context == "html"
+    shape = _SHAPES.get(name) if header else None
 
     def encode(value: str) -> bytes:
         if len(value) > max_chars:
@@ -262,6 +276,7 @@ def _encoder(name: str, context: str, qp: bool) -> Encoder:
             validate_header_value(value)
             if not value.strip():  # "To: " alone is no recipient (and breaks parsers)
                 raise ValueError(f"{name} is empty")
+
         elif _UNSAFE_VALUE.search(value):
             value = _UNSAFE_VALUE.sub(" ", value)
         data = (html.escape(value) if escape else value).encode()
@@ -269,6 +284,8 @@ def _encoder(name: str, context: str, qp: bool) -> Encoder:
             return _qp(data, soft=True).replace(b"\n", b"\r\n")
         if len(data) > max_bytes:
             raise ValueError(f"{name} longer than {max_bytes} bytes once encoded")
+        if shape is not None and not shape.fullmatch(value):
+            raise ValueError(f"{name} is not a valid {name.replace('_', ' ')}: {value[:80]!r}")
         return data
 
     return encode

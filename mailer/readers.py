@@ -21,6 +21,7 @@ from zoneinfo import available_timezones
 from sqlalchemy import Engine, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from mailer.addresses import clean_name
 from mailer.models import (
     Cadence,
     Delivery,
@@ -243,7 +244,7 @@ def update_preferences(
         ]
         if new:
             conn.execute(insert_(Subscription).on_conflict_do_nothing(), new)
-        values: dict[str, Any] = {"name": name.strip()[:200], "timezone": timezone}
+        values: dict[str, Any] = {"name": clean_name(name), "timezone": timezone}
         if not wanted and status == SubscriberStatus.ACTIVE:
             values.update(status=SubscriberStatus.UNSUBSCRIBED, unsubscribed_at=utcnow())
         conn.execute(update(Subscriber).where(Subscriber.id == subscriber_id).values(**values))

@@ -160,6 +160,10 @@ def _refuse_markers(stories: Sequence[StoryView], topic_name: str) -> None:
     for value in (topic_name, *(f"{s.title}{s.summary}{s.url}{s.image_url}" for s in stories)):
         if placeholders.PATTERN.search(value):
             raise ValueError(f"story text contains a reserved placeholder marker: {value!r}")
+    for story in stories:  # an image is fetched by the reader's client: web URLs only
+        image = urlsplit((story.image_url or "").strip())
+        if story.image_url and (image.scheme.lower() not in ("http", "https") or not image.netloc):
+            raise ValueError(f"story image is not an absolute http(s) URL: {story.image_url!r}")
 
 
 def _tidy_text(text: str) -> str:

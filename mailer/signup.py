@@ -28,7 +28,7 @@ from sqlalchemy import Connection, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mailer import transactional, transactional_mail
-from mailer.addresses import InvalidAddress, address_hash, normalise
+from mailer.addresses import InvalidAddress, address_hash, clean_name, normalise
 from mailer.config import Settings
 from mailer.dispatch import ALERTS_QUEUE
 from mailer.models import (
@@ -139,7 +139,7 @@ def _subscribe(
         "consent_user_agent": (request.consent.user_agent or "")[:400] or None,
         "consent_source": request.consent.source[:64],
     }
-    name = request.name.strip()[:200]
+    name = clean_name(request.name)
     with engine.begin() as conn:
         # The same two queries whatever the address's state (no timing difference to read).
         reason = conn.scalar(select(Suppression.reason).where(Suppression.email_hash == digest))

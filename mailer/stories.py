@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -59,8 +60,14 @@ def ensure_topics(session: Session, path: Path = SAMPLES / "topics.json") -> Non
 
 def upsert_story(session: Session, data: StoryInput) -> tuple[Story, bool]:
     """Insert the story, or update it in place when its guid is known: (story, created)."""
-    if any(ch in data.title for ch in "\r\n\x00"):
-        raise ValueError("a story title is one line")
+    if not data.title.strip() or any(
+        unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in data.title
+    ):
+        # Controls (TAB, ESC, U+2028…) would reach the Subject header, where they are refused
+        # at send time, failing every reader: refuse them here. Bidi marks (Cf) are fine.
+        raise ValueError("a story title is one line of text, without control characters")
+    if data.image_url and not data.image_url.lower().startswith(("https://", "http://")):
+        raise ValueError("a story image must be an http(s) URL")
     topic = session.scalar(select(Topic).where(Topic.slug == data.topic))
     if topic is None:
         raise ValueError(f"unknown topic {data.topic!r}")

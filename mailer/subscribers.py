@@ -10,6 +10,7 @@ in keyset chunks, one row per reader and cadence, in the import's own columns.
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from mailer import transactional
-from mailer.addresses import InvalidAddress, address_hash, normalise
+from mailer.addresses import InvalidAddress, address_hash, clean_name, normalise
 from mailer.config import Settings
 from mailer.dispatch import DIGESTS_QUEUE, Dispatcher
 from mailer.models import (
@@ -56,14 +57,41 @@ class ImportReport:
     confirmations: int = 0  # confirmation emails queued (readers imported without consent)
 
 
+def _records(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
+    """(line, record) — or (line, error) for a record the csv module cannot read, so one bad
+    record (a field over the size limit, bytes that are not UTF-8) never ends the import."""
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield reader.line_num, f"unreadable CSV record: {exc}"
+            continue
+        values = [v for v in record.values() if isinstance(v, str)]
+        if any(_NOT_UTF8.search(v) for v in values):
+            yield reader.line_num, "not UTF-8 text"
+            continue
+        yield reader.line_num, record
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")  # what surrogateescape makes of undecodable bytes
+
+
 def read_csv(path: Path) -> Iterator[ReaderRow | tuple[int, str]]:
     """Rows of a subscribers CSV (DESIGN.md §6 columns), or (line, error) for a bad one."""
-    with path.open(newline="", encoding="utf-8-sig") as handle:
+    with path.open(newline="", encoding="utf-8-sig", errors="surrogateescape") as handle:
         reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "email" not in reader.fieldnames:
+        try:
+            fields = reader.fieldnames
+        except csv.Error as exc:
+            raise ValueError(f"{path}: unreadable CSV header: {exc}") from exc
+        if fields is None or "email" not in fields:
             raise ValueError(f"{path}: the header must have an 'email' column")
-        for record in reader:
-            line = reader.line_num
+        for line, record in _records(reader):
+            if isinstance(record, str):
+                yield line, record
+                continue
             email = (record.get("email") or "").strip()
             if not email:
                 yield line, "empty email"
@@ -76,7 +104,7 @@ def read_csv(path: Path) -> Iterator[ReaderRow | tuple[int, str]]:
             yield ReaderRow(
                 line=line,
                 email=email,
-                name=(record.get("name") or "").strip()[:200],
+                name=clean_name(record.get("name") or ""),
                 topics=topics or DEFAULT_TOPICS,
                 cadence=cadence,
                 locale=(record.get("locale") or "ar").strip()[:16],
@@ -189,7 +217,7 @@ def _write_chunk(
             {
                 "email": email,
                 "email_hash": digest,
-                "name": row.name,
+                "name": clean_name(row.name),
                 "locale": row.locale,
                 "timezone": row.timezone,
                 "status": status,
@@ -344,7 +372,8 @@ def export_readers(
 
 def write_csv(rows: Iterable[dict[str, Any]], handle: Any) -> int:
     """Write export rows as CSV with a header to a text ``handle``; returns the row count."""
-    writer = csv.DictWriter(handle, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    # CRLF (RFC 4180): the csv module then quotes any field holding a CR or an LF.
+    writer = csv.DictWriter(handle, fieldnames=EXPORT_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     count = 0
     for row in rows:

@@ -26,7 +26,7 @@ from mailer.config import Settings
 
 SLOW_DOWN_CODES = frozenset({421, 450, 454})
 HOLD_SECONDS = 5.0  # how long a halved rate holds before it starts to recover
-RECOVERY_PER_SECOND = 0.1  # additive increase: a tenth of the halved rate per second
+RECOVERY_PER_SECOND = 0.1  # additive increase: a tenth of the original rate per second
 FLOOR = 0.5  # messages per second: never slower than this
 
 
@@ -251,7 +251,10 @@ class Throttle:
         if state is None:
             return configured
         now = self.clock()
-        rate = state["cap"] + state["cap"] * RECOVERY_PER_SECOND * max(0.0, now - state["since"])
+        # Recovery adds a share of the original rate, so even a deep cut heals in ~10 s.
+        rate = state["cap"] + state["ceiling"] * RECOVERY_PER_SECOND * max(
+            0.0, now - state["since"]
+        )
         if rate >= state["ceiling"]:
             self._set_state(server, None)
             return configured
@@ -295,6 +298,8 @@ class Throttle:
         """Halve the server's rate (multiplicative decrease); returns the new rate."""
         current = self.server_rate(server, configured) or self.observed_rate(server)
         state = self._state(server)
+        if state is not None and self.clock() < state["since"]:
+            return state["cap"]  # one halving per hold: a burst of 421s is one signal
         ceiling = configured or (state["ceiling"] if state else current)
         cap = max(FLOOR, current / 2)
         self._set_state(

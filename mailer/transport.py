@@ -244,6 +244,7 @@ class _Deadline:
         self.fired = False
         self.limit = 0.0
         self.phase = ""
+        self._sleeping_until: float | None = None  # what the watchdog waits for (None: nothing)
 
     def arm(self, deadline: float, limit: float) -> None:
         with self._cond:
@@ -252,7 +253,11 @@ class _Deadline:
                 self._thread = threading.Thread(target=self._run, name="smtp-deadline", daemon=True)
                 self._thread.start()
             self._deadline, self.limit, self.fired = deadline, limit, False
-            self._cond.notify()
+            # Deadlines only move later, so the watchdog, asleep until an earlier one, wakes
+            # in time by itself: a notify (a thread switch) per message is needed only when
+            # it sleeps with no deadline at all.
+            if self._sleeping_until is None or deadline < self._sleeping_until:
+                self._cond.notify()
 
     def disarm(self) -> bool:
         """Stop watching the clock; True if the deadline fired (the socket is unusable)."""
@@ -276,15 +281,32 @@ class _Deadline:
         with self._cond:
             while not self._stopped:
                 if self._deadline is None:
+                    self._sleeping_until = None
                     self._cond.wait()
                     continue
                 remaining = self._deadline - time.monotonic()
                 if remaining > 0:
+                    self._sleeping_until = self._deadline
                     self._cond.wait(remaining)
                     continue
                 self.fired, self._deadline = True, None
                 if self._sock is not None:
                     _shutdown(self._sock)
+
+
+def _data(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
+    """``smtp.data(data)`` for CRLF bytes, with the dot-stuffing done by ``bytes.replace``:
+    smtplib's regex costs about 120 µs on a 38 KB digest, a third of a send's CPU."""
+    code, reply = smtp.docmd("data")
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    stuffed = data.replace(b"\n.", b"\n..")  # what smtplib's (?m)^\. regex does
+    if stuffed.startswith(b"."):
+        stuffed = b"." + stuffed
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    smtp.send(stuffed + b".\r\n")
+    return smtp.getreply()
 
 
 class _GuardedSMTP(smtplib.SMTP):
@@ -427,7 +449,7 @@ class SmtpTransport:
             guard.phase = "waiting for the reply to DATA"
             try:
                 # Never retried from here on: the server may have accepted it.
-                code, reply = self._check_deadline(smtp.data(data))
+                code, reply = self._check_deadline(_data(smtp, data))
             except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
                 self._check_deadline()
                 return self._refused(smtp, exc.smtp_code, exc.smtp_error)

@@ -59,7 +59,10 @@ def conflict(message: str) -> HTTPException:
 
 
 def unprocessable(message: str) -> HTTPException:
-    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, message)
+    """A request that is well-formed but cannot be honoured, in the shape OpenAPI documents
+    for 422 (FastAPI's validation errors), so clients parse one format."""
+    detail = [{"loc": ["body"], "msg": message, "type": "value_error"}]
+    return HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail)
 
 
 def _unauthorized(message: str) -> HTTPException:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import DataError
 
 from mailer import admin, api, db
 from mailer.config import Settings, get_settings
@@ -34,6 +36,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     engine = db.get_engine() if settings is None else db.make_engine(settings.database)
     settings = settings or get_settings()
     app = FastAPI(title="mailer", summary="Newsletter and breaking-news delivery")
+
+    @app.exception_handler(DataError)
+    async def value_out_of_range(request: Request, exc: DataError) -> JSONResponse:
+        """A value the database cannot store (a NUL in text on PostgreSQL, an id past BIGINT):
+        the client's input, so a 422 that says so, never a 500."""
+        detail = [
+            {
+                "loc": ["request"],
+                "msg": "a value is out of range or not storable",
+                "type": "value_error",
+            }
+        ]
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @app.get("/healthz")
     def healthz(response: Response) -> dict[str, bool]:

@@ -370,9 +370,12 @@ def test_newline_in_a_readers_name_stays_inside_the_body() -> None:
 def test_values_over_their_limit_are_refused(name: str, size: int) -> None:
     html = f"<p>{M(ph.GREETING)} {M(ph.EMAIL)}</p>"
     built = MessageTemplate.build(spec(html=html))
-    built.personalise(reader(**{name: "x" * (size - 1)}))
+    def value(length: int) -> str:  # To must still look like an address
+        return "x" * (length - 12) + "@example.org" if name == ph.TO else "x" * length
+
+    built.personalise(reader(**{name: value(size - 1)}))
     with pytest.raises(ValueError, match=name):
-        built.personalise(reader(**{name: "x" * size}))
+        built.personalise(reader(**{name: value(size)}))
 
 
 @pytest.mark.parametrize(
@@ -439,7 +442,8 @@ def test_any_header_value_is_refused_or_gives_one_to(name: str, value: str) -> N
         assert re.search("[\x00-\x1f\x7f-\x9f\u2028\u2029]", value)
         return
     except ValueError as error:  # too long for its header line, or empty
-        assert "longer than" in str(error) or (not value.strip() and "empty" in str(error))
+        message = str(error)
+        assert "longer than" in message or "empty" in message or "not a valid" in message
         return
     msg = parse(data)
     assert msg.keys() == _HEADER_SET

@@ -88,7 +88,7 @@ def test_slow_down_halves_holds_then_recovers_additively() -> None:
     clock.now += HOLD_SECONDS  # held at half for a while
     assert t.server_rate("relay", 100.0) == pytest.approx(50.0, abs=0.01)
     clock.now += 2
-    assert t.server_rate("relay", 100.0) == pytest.approx(60.0, abs=0.1)  # +10% of 50 per s
+    assert t.server_rate("relay", 100.0) == pytest.approx(70.0, abs=0.1)  # +10% of 100 per s
     clock.now += 10
     assert t.server_rate("relay", 100.0) == 100.0  # fully recovered: back to configured
     assert t.store.get_state("slow:relay") is None
@@ -98,7 +98,11 @@ def test_repeated_slow_downs_compound_and_never_stop_sending() -> None:
     clock = Clock()
     t = throttle(clock)
     rate = 100.0
+    for _ in range(5):
+        rate = t.slow_down("relay", 100.0)
+    assert rate == 50.0  # a burst of 421s within one hold is one signal, not five
     for _ in range(20):
+        clock.now += HOLD_SECONDS  # each hold over: another refusal halves again
         rate = t.slow_down("relay", 100.0)
     assert rate == 0.5  # the floor: slow, but still sending
 

@@ -1,0 +1,1 @@
+"""The scenarios of ``python -m benchmarks``: each returns rows for the table."""

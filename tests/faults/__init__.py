@@ -1,0 +1,1 @@
+"""Fault tests: "nothing lost, nothing sent twice, nobody let in", tried hard to break."""

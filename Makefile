@@ -36,7 +36,7 @@ lint: install
 
 ## The issue-sized end-to-end runs (thousands of readers); slower than CI's.
 full-test: install
-	MAILER_TEST_FULL=1 $(BIN)/pytest tests/workers
+	MAILER_TEST_FULL=1 $(BIN)/pytest tests/workers tests/faults tests/api/test_live.py
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -111,23 +111,25 @@ class MessageSpec:
     extra_headers: Mapping[str, str] = field(default_factory=dict)
 
 
-def _refold_subject(data: bytes, subject: str) -> bytes:
-    """Re-encode a non-ASCII Subject so that every space stays inside an encoded word.
+_SUBJECT_SLOT: Final = "MLRSUBJECTSLOT"
 
-    Python 3.11's ``policy.SMTP`` sometimes folds between two encoded words exactly at a space
-    of the text; RFC 2047 decoders drop whitespace between encoded words, so readers saw two
-    Arabic words fused ("التي كانت" → "التيكانت"). ``email.header.Header`` keeps it inside.
+
+def _refold_subject(data: bytes, subject: str) -> bytes:
+    """Put the real Subject where the slot is, RFC 2047-encoded by ``email.header.Header``.
+
+    Two reasons not to let ``policy.SMTP`` write it: it decodes encoded words found in the
+    value (a title "=?utf-8?q?=0D=0ABcc:…?=" became a real Bcc header), and it sometimes folds
+    between two encoded words exactly at a space, which readers drop ("التي كانت" shown as
+    "التيكانت"). ``Header`` keeps every space inside an encoded word and encodes any value
+    holding "=?" instead of passing it through.
     """
-    if subject.isascii() and "=?" not in subject:
-        return data  # a literal "=?…?=" would be decoded by readers: always encode it
-    start = data.index(b"\r\nSubject: ") + 2
-    end = start
-    while True:  # the header runs until a line that does not start with folding whitespace
-        end = data.index(b"\r\n", end) + 2
-        if data[end : end + 1] not in (b" ", b"\t"):
-            break
-    encoded = Header(subject, "utf-8", header_name="Subject").encode(linesep="\r\n")
-    return data[:start] + b"Subject: " + encoded.encode("ascii") + b"\r\n" + data[end:]
+    plain = subject.isascii() and "=?" not in subject
+    encoded = Header(subject, "us-ascii" if plain else "utf-8", header_name="Subject")
+    slot = f"Subject: {_SUBJECT_SLOT}\r\n".encode()
+    if data.count(slot) != 1:
+        raise AssertionError("the Subject slot must appear exactly once")
+    line = b"Subject: " + encoded.encode(linesep="\r\n").encode("ascii") + b"\r\n"
+    return data.replace(slot, line, 1)
 
 
 class MessageTemplate:
@@ -151,7 +153,10 @@ class MessageTemplate:
         if spec.reply_to is not None:
             msg["Reply-To"] = _address(spec.reply_to)
         msg["To"] = ph.marker(ph.TO)
-        msg["Subject"] = _checked(spec.subject)
+        _checked(spec.subject)
+        # The email package would decode any "=?…?=" in the value (CVE-2024-6923), turning an
+        # encoded CRLF into real headers: it only ever sees an inert slot, replaced below.
+        msg["Subject"] = _SUBJECT_SLOT
         msg["Date"] = ph.marker(ph.DATE)
         msg["Message-ID"] = ph.marker(ph.MESSAGE_ID)
         msg["List-Id"] = _list_id(spec.list_id)
@@ -256,7 +261,7 @@ _SPECIALS = r"\s@<>()\[\];:,\"\\"
 _ADDR = rf"[^{_SPECIALS}]+@[^{_SPECIALS}]+"
 # A display name as email.utils.formataddr writes it: a quoted string, or words (atoms and
 # encoded words) without specials.
-_DISPLAY = rf'(?:"(?:[^"\\]|\\.)*"|[^{_SPECIALS}]+(?: [^{_SPECIALS}]+)*)'
+_DISPLAY = rf'(?:"(?:[^"\\]|\\.)*"|[^{_SPECIALS}]+(?:[ \t]+[^{_SPECIALS}]+)*)'
 _SHAPES: Final = {
     ph.TO: re.compile(rf"{_ADDR}|\s*(?:{_DISPLAY}\s*)?<{_ADDR}>"),
     ph.MESSAGE_ID: re.compile(rf"<{_ADDR}>"),

@@ -38,7 +38,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="mailer", summary="Newsletter and breaking-news delivery")
 
     @app.exception_handler(DataError)
-    async def value_out_of_range(request: Request, exc: DataError) -> JSONResponse:
+    @app.exception_handler(OverflowError)  # SQLite's driver, for an integer past 64 bits
+    async def value_out_of_range(request: Request, exc: Exception) -> JSONResponse:
         """A value the database cannot store (a NUL in text on PostgreSQL, an id past BIGINT):
         the client's input, so a 422 that says so, never a 500."""
         detail = [

@@ -61,12 +61,15 @@ def _records(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, Any] 
     """(line, record) — or (line, error) for a record the csv module cannot read, so one bad
     record (a field over the size limit, bytes that are not UTF-8) never ends the import."""
     while True:
+        before = reader.line_num
         try:
             record = next(reader)
         except StopIteration:
             return
         except csv.Error as exc:
-            yield reader.line_num, f"unreadable CSV record: {exc}"
+            # The reader may fail before counting the record's first line: never report the
+            # line before the record.
+            yield max(reader.line_num, before + 1), f"unreadable CSV record: {exc}"
             continue
         values = [v for v in record.values() if isinstance(v, str)]
         if any(_NOT_UTF8.search(v) for v in values):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import socket
 import threading
 from collections.abc import Iterator
@@ -25,11 +24,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner, Result
 
-from mailer import cli, db, feeds
+from mailer import cli, feeds
 from mailer.config import Settings, get_settings
 from mailer.feeds import FeedError, UnsafeURL
 from mailer.models import Feed, Story
 from mailer.stories import StoryInput, upsert_story
+from tests.support.cli import use_data_dir
 from tests.support.world import World, make_world, migrated_template
 
 __all__ = ["migrated_template"]
@@ -342,22 +342,7 @@ def test_polling_uses_etags_and_records_errors(world: World, site: Site) -> None
 
 @pytest.fixture
 def cli_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in list(os.environ):
-        if name.startswith("MAILER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MAILER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MAILER_DISPATCHER", "mailer.dispatch:NullDispatcher")
-
-    def reset() -> None:
-        get_settings.cache_clear()
-        cli.service.cache_clear()
-        db.reset_engine()
-
-    reset()
-    try:
-        yield tmp_path / "data"
-    finally:
-        reset()
+    yield from use_data_dir(tmp_path, monkeypatch)
 
 
 def mailer(*args: str, code: int = 0) -> Result:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,13 +23,13 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner, Result
 
-from mailer import cli, db, schedules
-from mailer.config import get_settings
+from mailer import cli, schedules
 from mailer.db import make_engine
 from mailer.migrate import upgrade
 from mailer.models import Delivery, Edition, EditionStory, Schedule, Story
 from mailer.service import Service, Started
 from mailer.stories import ensure_topics
+from tests.support.cli import use_data_dir
 from tests.support.stack import create_pg_database, drop_pg_database, need_service, pg_admin_url
 from tests.support.world import World, make_world, migrated_template
 
@@ -462,22 +461,7 @@ def test_two_beats_racing_on_postgresql_create_one_edition(
 
 @pytest.fixture
 def cli_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    for name in list(os.environ):
-        if name.startswith("MAILER_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("MAILER_DATA_DIR", str(tmp_path / "data"))
-    monkeypatch.setenv("MAILER_DISPATCHER", "mailer.dispatch:NullDispatcher")
-
-    def reset() -> None:
-        get_settings.cache_clear()
-        cli.service.cache_clear()
-        db.reset_engine()
-
-    reset()
-    try:
-        yield tmp_path / "data"
-    finally:
-        reset()
+    yield from use_data_dir(tmp_path, monkeypatch)
 
 
 def mailer(*args: str, code: int = 0) -> Result:

@@ -68,9 +68,11 @@ def _records(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, Any] 
             return
         except csv.Error as exc:
             # The reader may fail before counting the record's first line: never report the
-            # line before the record.
-            yield max(reader.line_num, before + 1), f"unreadable CSV record: {exc}"
-            continue
+            # line before the record. Where the bad record ends is unknown, so reading on could
+            # turn lines inside its quoted field into readers: stop, and say so.
+            line = max(reader.line_num, before + 1)
+            yield line, f"unreadable CSV record ({exc}); the file was not read past this line"
+            return
         values = [v for v in record.values() if isinstance(v, str)]
         if any(_NOT_UTF8.search(v) for v in values):
             yield reader.line_num, "not UTF-8 text"

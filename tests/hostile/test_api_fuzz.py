@@ -4,8 +4,7 @@ Every operation of the real app (``create_app``: reader pages, JSON API, metrics
 requests with an admin token, on SQLite and on PostgreSQL; ``MAILER_TEST_FULL=1`` runs ten
 times as many. Which role may call what is the role-matrix test's job (tests/api/test_roles.py:
 every route × no token, a bad or revoked token, each role). The bugs it found are kept below as
-regression tests, each with its failing requests; the one still open is an xfail, and the
-fuzzer leaves its input out (see tests.hostile.apifuzz) so that it keeps finding the next ones.
+regression tests, each with the requests that failed.
 """
 
 from __future__ import annotations

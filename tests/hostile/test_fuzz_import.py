@@ -154,16 +154,9 @@ def test_a_field_over_the_csv_limit_is_reported_on_its_line(
     assert verdict.errors and verdict.errors[0][0] == before + 2, verdict.errors
 
 
-# After the csv module raises on a record (here a quoted name over the field limit), _records
-# goes on reading, but the reader has lost the record's bounds: the rest of the quoted field is
-# read as records of their own, so a line inside the name becomes a reader (70,000 lines of a
-# quoted field, 70,000 rows). Fix: on csv.Error report (start line, "unreadable CSV record …;
-# the file was not read past this line") and stop reading.
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: after an unreadable CSV record, lines inside its quoted field become readers",
-)
+# Regression: after the csv module raised on a record (a quoted name over the field limit), the
+# import read on without the record's bounds, so lines inside the quoted field became readers.
+# Now it reports the record and stops reading the file there.
 def test_nothing_inside_an_unreadable_record_is_imported(newsroom: Newsroom) -> None:
     data = b'email,name\nbefore@example.com,a\nhuge@example.com,"' + b"x" * 140_000
     data += b'\ninside@evil.example,Evil\ny"\n'

@@ -63,8 +63,8 @@ def shows(document: str, payload: str) -> bool:
 
 
 def title_of(payload: str) -> str:
-    """The payload as a title: controls become spaces (a title with one is refused, or worse:
-    a known bug, see test_headers.py); the summary and body carry the payload as it is."""
+    """The payload as a title: controls become spaces (upsert_story refuses a title holding
+    one); the summary and body carry the payload as it is."""
     return _CONTROLS.sub(" ", payload)
 
 

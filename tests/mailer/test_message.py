@@ -370,6 +370,7 @@ def test_newline_in_a_readers_name_stays_inside_the_body() -> None:
 def test_values_over_their_limit_are_refused(name: str, size: int) -> None:
     html = f"<p>{M(ph.GREETING)} {M(ph.EMAIL)}</p>"
     built = MessageTemplate.build(spec(html=html))
+
     def value(length: int) -> str:  # To must still look like an address
         return "x" * (length - 12) + "@example.org" if name == ph.TO else "x" * length
 

@@ -187,9 +187,9 @@ def test_a_person_mentioning_addresses_is_not_a_bounce() -> None:
 
 def test_a_huge_returned_attachment_is_not_read_past_the_limit() -> None:
     data = (CORPUS / "lhost-postfix-01.eml").read_bytes() + b"A" * (8 * 1024 * 1024)
-    started = time.perf_counter()
+    started = time.process_time()
     [report] = parse(data)
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0  # CPU: immune to the machine pausing us
     assert (report.recipient, report.kind) == ("kijitora@example.org", "hard")
 
 
@@ -234,9 +234,11 @@ def test_malformed_input_gives_one_harmless_report(data: bytes) -> None:
 
 
 def _timed_parse(data: bytes) -> list[BounceReport]:
-    started = time.perf_counter()
+    # The parser's own CPU time: a wall clock also counts the machine pausing this process
+    # (another job, the scheduler), which once made a 0.05 s parse look like 1.005 s.
+    started = time.process_time()
     reports = parse(data)
-    assert time.perf_counter() - started < 1.0
+    assert time.process_time() - started < 1.0
     return reports
 
 

@@ -53,6 +53,7 @@ def rate(rows: list[Row], scenario: str) -> float | None:
 
 def ratios(rows: list[Row]) -> list[Ratio]:
     ceiling = rate(rows, "sink ceiling")
+    pipelined = rate(rows, "sink ceiling, pipelined")
     ours = rate(rows, "digest end to end")
     signed = rate(rows, "digest end to end, DKIM-signed")
     naive = rate(rows, "naive baseline")
@@ -63,6 +64,8 @@ def ratios(rows: list[Row]) -> list[Ratio]:
     return [
         Ratio("ours / sink ceiling", div(ours, ceiling), 0.8),
         Ratio("signed / sink ceiling", div(signed, ceiling), 0.5),
+        # Not a target of the issue: how close the service gets to a sender that pipelines.
+        Ratio("ours / pipelined ceiling", div(ours, pipelined), None),
         Ratio("ours / naive baseline", div(ours, naive), 20.0),
     ]
 
@@ -106,9 +109,8 @@ def table(rows: list[Row], title: str) -> Table:
     out.add_section()
     for ratio in ratios(rows):
         value = "—" if ratio.value is None else f"{ratio.value:.2f}×"
-        out.add_row(
-            f"ratio: {ratio.name}", "", "", "", "", value, f"≥ {ratio.target:g}×", _mark(ratio.ok)
-        )
+        target = "" if ratio.target is None else f"≥ {ratio.target:g}×"
+        out.add_row(f"ratio: {ratio.name}", "", "", "", "", value, target, _mark(ratio.ok))
     return out
 
 

@@ -69,6 +69,35 @@ _RECORD_SENT = (
     )
 )
 
+# The same UPDATE for PostgreSQL's driver itself, as a prepared statement: SQLAlchemy's execution
+# machinery costs ~65 µs of CPU per message on top of psycopg's own ~60 µs.
+_RECORD_SENT_PG = (
+    f"UPDATE deliveries SET status = '{DeliveryStatus.SENT.value}', sent_at = %(sent_at)s, "
+    "message_id = %(message_id)s, last_code = %(last_code)s, last_response = %(last_response)s, "
+    "lease_owner = NULL, lease_expires_at = NULL "
+    "WHERE id = %(delivery_id)s AND lease_owner = %(owner)s"
+)
+
+
+def _sent_writer(conn: Connection) -> Callable[[dict[str, object]], int]:
+    """Run the record of one accepted message on ``conn``; returns the rows updated."""
+    if conn.dialect.name == "postgresql":
+        # In autocommit (see _send_chunk), so each UPDATE commits by itself.
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+        def write(params: dict[str, object]) -> int:
+            cursor.execute(_RECORD_SENT_PG, params, prepare=True)
+            return int(cursor.rowcount)
+
+        return write
+
+    def write_portably(params: dict[str, object]) -> int:
+        updated = conn.execute(_RECORD_SENT, params).rowcount
+        conn.commit()
+        return updated
+
+    return write_portably
+
 
 @dataclass
 class PreparedEdition:
@@ -300,7 +329,10 @@ class EditionSender:
         with self.engine.connect() as conn:
             if conn.dialect.name == "postgresql":
                 conn.execution_options(isolation_level="AUTOCOMMIT")
-            return self._send_chunk_on(prepared, chunk, owner, report, conn, check_at, renew_at)
+            write_sent = _sent_writer(conn)
+            return self._send_chunk_on(
+                prepared, chunk, owner, report, (conn, write_sent), check_at, renew_at
+            )
 
     def _send_chunk_on(
         self,
@@ -308,10 +340,11 @@ class EditionSender:
         chunk: Sequence[Claimed],
         owner: str,
         report: BatchReport,
-        conn: Connection,
+        held: tuple[Connection, Callable[[dict[str, object]], int]],
         check_at: float,
         renew_at: float,
     ) -> bool:
+        conn, write_sent = held
         for index, reader in enumerate(chunk):
             if prepared.edition_id in self._self_paused:
                 self._release([c.delivery_id for c in chunk[index:]], owner)
@@ -331,7 +364,7 @@ class EditionSender:
             except Exception:
                 self._release([c.delivery_id for c in chunk[index:]], owner)
                 raise
-            self._record(prepared, reader, result, owner, conn)
+            self._record(prepared, reader, result, owner, conn, write_sent)
             report.outcomes[result.outcome] = report.outcomes.get(result.outcome, 0) + 1
         return True
 
@@ -388,11 +421,11 @@ class EditionSender:
         result: SendResult,
         owner: str,
         conn: Connection | None = None,
+        write_sent: Callable[[dict[str, object]], int] | None = None,
     ) -> None:
         moment = self.now()
-        if conn is not None and result.outcome == Outcome.SENT:
-            updated = conn.execute(
-                _RECORD_SENT,
+        if write_sent is not None and result.outcome == Outcome.SENT:
+            updated = write_sent(
                 {
                     "delivery_id": reader.delivery_id,
                     "owner": owner,
@@ -400,9 +433,8 @@ class EditionSender:
                     "message_id": self.tokens.message_id(prepared.edition_id, reader.subscriber_id),
                     "last_code": result.code,
                     "last_response": result.text[:1000],
-                },
-            ).rowcount
-            conn.commit()
+                }
+            )
             if not updated:
                 log.warning("delivery %s was reclaimed while being sent", reader.delivery_id)
             return

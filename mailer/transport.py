@@ -16,7 +16,6 @@ import re
 import smtplib
 import socket
 import ssl
-import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -26,6 +25,8 @@ from enum import StrEnum
 from functools import cache
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from mailer.deadline import Deadline
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +141,7 @@ class SmtpConfig:
     message_timeout: float = 60.0
     local_hostname: str | None = None
     verify_tls: bool = True
+    pipelining: bool = True
 
     @classmethod
     def from_url(cls, url: str) -> SmtpConfig:
@@ -147,7 +149,8 @@ class SmtpConfig:
 
         Options: ``starttls``, ``connect_timeout`` and ``timeout`` (the per-message deadline,
         also ``message_timeout``) in seconds, ``local_hostname`` (the EHLO name) and
-        ``verify`` (TLS certificate checks, default true). ``smtps`` is implicit TLS on port
+        ``verify`` (TLS certificate checks, default true), ``pipelining`` (RFC 2920 when the
+        server offers it, default true). ``smtps`` is implicit TLS on port
         465; ``smtp`` defaults to port 25. Error messages never echo the URL (it may hold a
         password).
         """
@@ -168,6 +171,8 @@ class SmtpConfig:
                 options["starttls"] = _flag(key, value)
             elif key == "verify":
                 options["verify_tls"] = _flag(key, value)
+            elif key == "pipelining":
+                options["pipelining"] = _flag(key, value)
             elif key == "connect_timeout":
                 options["connect_timeout"] = _seconds(key, value)
             elif key in ("timeout", "message_timeout"):
@@ -177,7 +182,7 @@ class SmtpConfig:
             else:
                 raise ValueError(
                     f"unknown SMTP URL option {key!r} (known: starttls, connect_timeout, "
-                    "timeout, local_hostname, verify)"
+                    "timeout, local_hostname, verify, pipelining)"
                 )
         implicit_tls = parts.scheme == "smtps"
         if implicit_tls and options.get("starttls"):
@@ -218,88 +223,10 @@ class Transport(Protocol):
         ...
 
 
-def _shutdown(sock: socket.socket) -> None:
-    # The base-class method on purpose: SSLSocket.shutdown() drops its SSL object while the
-    # other thread may still be reading through it.
-    with suppress(OSError):
-        socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-
-class _Deadline:
-    """The per-message deadline, enforced by one long-lived daemon thread per transport.
-
-    smtplib's timeout applies to each socket operation, so a server that trickles a byte now
-    and then never trips it (DESIGN §7). Arming only stores a deadline and notifies a
-    Condition, so it costs no thread per message; when the deadline passes, the thread shuts
-    the watched socket down and whatever call is blocked on it fails at once. ``phase`` and
-    ``limit`` say what was being waited for, for the error text.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._deadline: float | None = None
-        self._sock: socket.socket | None = None
-        self._stopped = False
-        self.fired = False
-        self.limit = 0.0
-        self.phase = ""
-        self._sleeping_until: float | None = None  # what the watchdog waits for (None: nothing)
-
-    def arm(self, deadline: float, limit: float) -> None:
-        with self._cond:
-            # is_alive() is also False in a forked child, which then gets its own thread.
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="smtp-deadline", daemon=True)
-                self._thread.start()
-            self._deadline, self.limit, self.fired = deadline, limit, False
-            # Deadlines only move later, so the watchdog, asleep until an earlier one, wakes
-            # in time by itself: a notify (a thread switch) per message is needed only when
-            # it sleeps with no deadline at all.
-            if self._sleeping_until is None or deadline < self._sleeping_until:
-                self._cond.notify()
-
-    def disarm(self) -> bool:
-        """Stop watching the clock; True if the deadline fired (the socket is unusable)."""
-        with self._cond:
-            self._deadline = None
-            return self.fired
-
-    def watch(self, sock: socket.socket | None) -> None:
-        """Guard this socket from now on (None before closing it, so no stale fd is shut)."""
-        with self._cond:
-            self._sock = sock
-            if sock is not None and self.fired:
-                _shutdown(sock)
-
-    def stop(self) -> None:
-        with self._cond:
-            self._stopped = True
-            self._cond.notify()
-
-    def _run(self) -> None:
-        with self._cond:
-            while not self._stopped:
-                if self._deadline is None:
-                    self._sleeping_until = None
-                    self._cond.wait()
-                    continue
-                remaining = self._deadline - time.monotonic()
-                if remaining > 0:
-                    self._sleeping_until = self._deadline
-                    self._cond.wait(remaining)
-                    continue
-                self.fired, self._deadline = True, None
-                if self._sock is not None:
-                    _shutdown(self._sock)
-
-
-def _data(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
-    """``smtp.data(data)`` for CRLF bytes, with the dot-stuffing done by ``bytes.replace``:
-    smtplib's regex costs about 120 µs on a 38 KB digest, a third of a send's CPU."""
-    code, reply = smtp.docmd("data")
-    if code != 354:
-        raise smtplib.SMTPDataError(code, reply)
+def _content(smtp: smtplib.SMTP, data: bytes) -> _Reply:
+    """Send the message after a 354 and read the reply, with the dot-stuffing done by
+    ``bytes.replace``: smtplib's regex costs about 120 µs on a 38 KB digest, a third of a
+    send's CPU."""
     stuffed = data.replace(b"\n.", b"\n..")  # what smtplib's (?m)^\. regex does
     if stuffed.startswith(b"."):
         stuffed = b"." + stuffed
@@ -309,12 +236,20 @@ def _data(smtp: smtplib.SMTP, data: bytes) -> tuple[int, bytes]:
     return smtp.getreply()
 
 
+def _data(smtp: smtplib.SMTP, data: bytes) -> _Reply:
+    """``smtp.data(data)`` for CRLF bytes (see :func:`_content`)."""
+    code, reply = smtp.docmd("data")
+    if code != 354:
+        raise smtplib.SMTPDataError(code, reply)
+    return _content(smtp, data)
+
+
 class _GuardedSMTP(smtplib.SMTP):
     """smtplib.SMTP that hands its socket to the deadline as soon as it exists, so even a
     trickled greeting is cut off. Connects in the constructor, as smtplib does: only that
     path records the host name that TLS checks the certificate against."""
 
-    def __init__(self, guard: _Deadline, host: str, port: int, **kwargs: Any) -> None:
+    def __init__(self, guard: Deadline, host: str, port: int, **kwargs: Any) -> None:
         self.guard = guard
         super().__init__(host, port, **kwargs)
 
@@ -349,7 +284,7 @@ class SmtpTransport:
         self._smtp: _GuardedSMTP | None = None
         self._eightbitmime: bool | None = None
         self._tls: ssl.SSLContext | None = None
-        self._guard = _Deadline()
+        self._guard = Deadline()
         # The thread references only the guard, so it stops when the transport is collected.
         weakref.finalize(self, self._guard.stop)
 
@@ -359,8 +294,8 @@ class SmtpTransport:
         """Offer ``data`` (CRLF line endings) to ``recipient``; see the module docstring."""
         if not isinstance(data, bytes):
             raise TypeError(f"data must be bytes, not {type(data).__name__}")
-        if any(c in address for address in (sender, recipient) for c in "\r\n"):
-            raise ValueError("an envelope address contains CR or LF")
+        if any(c in address for address in (sender, recipient) for c in "\r\n<>"):
+            raise ValueError("an envelope address contains CR, LF or an angle bracket")
         utf8 = smtputf8 or not (sender.isascii() and recipient.isascii())
         deadline = time.monotonic() + self.config.message_timeout
         self._guard.arm(deadline, self.config.message_timeout)
@@ -413,7 +348,6 @@ class SmtpTransport:
         may_retry: bool,
     ) -> SendResult | None:
         reused = self._smtp is not None
-        guard = self._guard
         try:
             smtp = self._smtp or self._connect(deadline)
         except _NETWORK_ERRORS as exc:
@@ -431,34 +365,103 @@ class SmtpTransport:
             smtp.command_encoding = "utf-8" if utf8 else "ascii"
             assert smtp.sock is not None
             smtp.sock.settimeout(max(deadline - time.monotonic(), 0.001))
-            guard.phase = "waiting for the reply to MAIL FROM"
-            try:
-                code, reply = self._check_deadline(smtp.mail(sender, options))
-            except smtplib.SMTPServerDisconnected as exc:
-                # Nothing of this message was accepted yet, so a retry cannot duplicate it.
-                if reused and may_retry and not self._timed_out(exc):
-                    self._discard()
-                    return None
-                raise
-            if code // 100 != 2:
-                return self._refused(smtp, code, reply)
-            guard.phase = "waiting for the reply to RCPT TO"
-            code, reply = self._check_deadline(smtp.rcpt(recipient))
-            if code // 100 != 2:
-                return self._refused(smtp, code, reply)
-            guard.phase = "waiting for the reply to DATA"
-            try:
-                # Never retried from here on: the server may have accepted it.
-                code, reply = self._check_deadline(_data(smtp, data))
-            except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
-                self._check_deadline()
-                return self._refused(smtp, exc.smtp_code, exc.smtp_error)
-            if code == 421:
-                self._discard()
-            return SendResult.from_reply(code, reply)
+            retry = reused and may_retry
+            if self.config.pipelining and smtp.has_extn("pipelining"):
+                return self._pipelined(smtp, sender, recipient, data, options, may_retry=retry)
+            return self._stepwise(smtp, sender, recipient, data, options, may_retry=retry)
         except _NETWORK_ERRORS as exc:
             self._discard()
             return self._failure(exc)
+
+    def _stepwise(
+        self,
+        smtp: smtplib.SMTP,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        options: list[str],
+        *,
+        may_retry: bool,
+    ) -> SendResult | None:
+        """MAIL, RCPT and DATA, each waiting for its reply: four round trips per message."""
+        guard = self._guard
+        guard.phase = "waiting for the reply to MAIL FROM"
+        try:
+            code, reply = self._check_deadline(smtp.mail(sender, options))
+        except smtplib.SMTPServerDisconnected as exc:
+            # Nothing of this message was accepted yet, so a retry cannot duplicate it.
+            if may_retry and not self._timed_out(exc):
+                self._discard()
+                return None
+            raise
+        if code // 100 != 2:
+            return self._refused(smtp, code, reply)
+        guard.phase = "waiting for the reply to RCPT TO"
+        code, reply = self._check_deadline(smtp.rcpt(recipient))
+        if code // 100 != 2:
+            return self._refused(smtp, code, reply)
+        guard.phase = "waiting for the reply to DATA"
+        try:
+            # Never retried from here on: the server may have accepted it.
+            code, reply = self._check_deadline(_data(smtp, data))
+        except smtplib.SMTPDataError as exc:  # DATA itself refused (no 354)
+            self._check_deadline()
+            return self._refused(smtp, exc.smtp_code, exc.smtp_error)
+        return self._accepted_or_not(code, reply)
+
+    def _pipelined(
+        self,
+        smtp: smtplib.SMTP,
+        sender: str,
+        recipient: str,
+        data: bytes,
+        options: list[str],
+        *,
+        may_retry: bool,
+    ) -> SendResult | None:
+        """MAIL, RCPT and DATA in one write and their replies in one read (RFC 2920), as
+        Postfix does: two round trips per message instead of four, and fewer wake-ups on both
+        sides. The replies are then judged in order, as if the commands had gone one by one."""
+        guard = self._guard
+        extra = "".join(f" {option}" for option in options)
+        # Plain angle brackets, not smtplib.quoteaddr: that parses each address with
+        # email.utils (~30 µs, a tenth of a send), and both were validated long before.
+        smtp.send(f"MAIL FROM:<{sender}>{extra}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
+        guard.phase = "waiting for the reply to MAIL FROM"
+        try:
+            replies = [self._check_deadline(smtp.getreply())]
+        except smtplib.SMTPServerDisconnected as exc:
+            # No reply at all: the connection was dropped while idle, nothing was accepted.
+            if may_retry and not self._timed_out(exc):
+                self._discard()
+                return None
+            raise
+        for command in ("RCPT TO", "DATA"):
+            if replies[-1][0] == 421:  # the server is closing: no further replies will come
+                self._discard()
+                return SendResult.from_reply(*replies[-1])
+            guard.phase = f"waiting for the reply to {command}"
+            replies.append(self._check_deadline(smtp.getreply()))
+        refusal = next((reply for reply in replies[:2] if reply[0] // 100 != 2), None)
+        data_code = replies[2][0]
+        if data_code != 354:
+            return self._refused(smtp, *(refusal or replies[2]))
+        if refusal is not None:
+            # DATA accepted with no valid recipient (RFC 2920 §3.1 lets a server do that): end
+            # the empty message at once; it goes nowhere.
+            guard.phase = "waiting for the reply to an empty message"
+            smtp.send(b".\r\n")
+            self._check_deadline(smtp.getreply())
+            return self._refused(smtp, *refusal)
+        guard.phase = "waiting for the reply to DATA"  # as when sent step by step
+        # Never retried from here on: the server may have accepted it.
+        code, reply = self._check_deadline(_content(smtp, data))
+        return self._accepted_or_not(code, reply)
+
+    def _accepted_or_not(self, code: int, reply: bytes) -> SendResult:
+        if code == 421:
+            self._discard()
+        return SendResult.from_reply(code, reply)
 
     def _timed_out(self, exc: BaseException) -> bool:
         # The socket timeout (set to the time left) may beat the watchdog to it; smtplib then

@@ -43,9 +43,11 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def server() -> Iterator[ScriptedSMTPServer]:
-    with ScriptedSMTPServer() as smtp:
+@pytest.fixture(params=["stepwise", "pipelined"])
+def server(request: pytest.FixtureRequest) -> Iterator[ScriptedSMTPServer]:
+    """Every exchange runs twice: command by command, and with MAIL, RCPT and DATA
+    pipelined (RFC 2920) to a server that offers PIPELINING."""
+    with ScriptedSMTPServer(pipelining=request.param == "pipelined") as smtp:
         yield smtp
 
 
@@ -344,8 +346,10 @@ def test_programming_errors_raise(server: ScriptedSMTPServer, connect: Connect) 
     transport = connect(server.url)
     with pytest.raises(TypeError):
         transport.send(SENDER, "a@example.com", "not bytes")  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="CR or LF"):
+    with pytest.raises(ValueError, match="CR, LF"):
         transport.send(SENDER, "a@example.com\r\nRCPT TO:<b@example.com>", message(1))
+    with pytest.raises(ValueError, match="angle bracket"):  # would close the <…> early
+        transport.send(SENDER, "a@example.com> NOTIFY=NEVER", message(1))
     assert server.commands == []
 
 

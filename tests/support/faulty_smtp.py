@@ -299,7 +299,7 @@ class FaultySMTPServer:
             verb, _, argument = line.rstrip(b"\r\n").partition(b" ")
             verb = verb.upper()
             if verb == b"EHLO":
-                for extension in (b"-" + _HOSTNAME, b"-8BITMIME", b"-SMTPUTF8"):
+                for extension in (b"-" + _HOSTNAME, b"-8BITMIME", b"-SMTPUTF8", b"-PIPELINING"):
                     reply(b"250" + extension)
                 reply(b"250 ENHANCEDSTATUSCODES")
             elif verb == b"HELO":

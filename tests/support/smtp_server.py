@@ -102,6 +102,8 @@ class _Handler:
             if not getattr(server, "counted", False):
                 server.counted = True
                 owner.connections += 1
+        if owner.pipelining:  # aiosmtpd reads pipelined commands fine but never says so
+            responses.insert(-1, "250-PIPELINING")
         return responses
 
     async def handle_MAIL(
@@ -162,7 +164,8 @@ class ScriptedSMTPServer:
     under a lock. Also a context manager.
 
     ``tls`` offers STARTTLS with a self-signed certificate (``implicit_tls``: TLS from the
-    first byte, as for smtps://); ``users`` (login → password) requires AUTH.
+    first byte, as for smtps://); ``users`` (login → password) requires AUTH; ``pipelining``
+    advertises PIPELINING (RFC 2920), as Postfix does.
     """
 
     def __init__(
@@ -174,8 +177,10 @@ class ScriptedSMTPServer:
         tls: bool = False,
         implicit_tls: bool = False,
         users: dict[str, str] | None = None,
+        pipelining: bool = False,
     ) -> None:
         self.host, self.port, self.smtputf8 = host, port, smtputf8
+        self.pipelining = pipelining
         self.tls, self.implicit_tls, self.users = tls, implicit_tls, users
         self.received: list[Received] = []
         self.commands: list[str] = []

@@ -30,6 +30,7 @@ from mailer.config import Settings
 from mailer.dispatch import Dispatcher
 from mailer.dkim import DkimSigner
 from mailer.models import (
+    Delivery,
     MessageStatus,
     Subscriber,
     SubscriberStatus,
@@ -351,13 +352,15 @@ def forget_unconfirmed(engine: Engine, settings: Settings, now: Clock = utcnow) 
     """Delete readers who never confirmed, ``forget_unconfirmed_days`` after their last
     request (their subscriptions cascade; their messages keep no address)."""
     cutoff = now() - timedelta(days=settings.forget_unconfirmed_days)
+    forgotten = select(Subscriber.id).where(
+        Subscriber.status == SubscriberStatus.PENDING,
+        Subscriber.confirmed_at.is_(None),
+        Subscriber.updated_at < cutoff,
+    )
     with engine.begin() as conn:
-        return int(
-            conn.execute(
-                delete(Subscriber).where(
-                    Subscriber.status == SubscriberStatus.PENDING,
-                    Subscriber.confirmed_at.is_(None),
-                    Subscriber.updated_at < cutoff,
-                )
-            ).rowcount
+        # Never confirmed, so never sent an edition; but deliveries have no foreign key to
+        # clear it (migration 0004), so make sure none points at a deleted reader.
+        conn.execute(
+            update(Delivery).where(Delivery.subscriber_id.in_(forgotten)).values(subscriber_id=None)
         )
+        return int(conn.execute(delete(Subscriber).where(Subscriber.id.in_(forgotten))).rowcount)

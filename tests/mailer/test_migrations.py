@@ -5,18 +5,41 @@ from __future__ import annotations
 from pathlib import Path
 
 import psycopg
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, inspect
 
-from mailer.migrate import upgrade
+from mailer.migrate import alembic_config, upgrade
 from mailer.models import Base
 from tests.support.stack import create_pg_database, drop_pg_database, need_service, pg_admin_url
+
+
+def deliveries_shape(url: str) -> tuple[int, str]:
+    """How many foreign keys deliveries has, and the due index's predicate (if any)."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            schema = inspect(conn)
+            due = next(
+                i for i in schema.get_indexes("deliveries") if i["name"] == "ix_deliveries_due"
+            )
+            where = due.get("dialect_options", {}).get(f"{conn.dialect.name}_where")
+            return len(schema.get_foreign_keys("deliveries")), "" if where is None else str(where)
+    finally:
+        engine.dispose()
 
 
 def drift(url: str) -> list[object]:
     upgrade(url)
     upgrade(url)  # running it again changes nothing
+    assert deliveries_shape(url)[0] == 0
+    # 0004 goes back and forth without losing anything.
+    command.downgrade(alembic_config(url), "0003")
+    assert deliveries_shape(url) == (2, "")
+    upgrade(url)
+    foreign_keys, where = deliveries_shape(url)
+    assert foreign_keys == 0 and "deferred" in where
     engine = create_engine(url)
     try:
         with engine.connect() as conn:

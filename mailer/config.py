@@ -23,6 +23,9 @@ class Settings(BaseSettings):
 
     data_dir: Path = Path("var")
     database_url: str = ""
+    # PostgreSQL connections each process keeps open (as many again may open under a burst).
+    # Below the web server's concurrency, every request past it paid for a new connection.
+    database_pool_size: int = Field(default=10, ge=1, le=200)
     broker_url: str = ""
     redis_url: str = ""
     smtp_url: str = "smtp://127.0.0.1:8025"
@@ -54,7 +57,7 @@ class Settings(BaseSettings):
     digests_yield_to_alerts: bool = False
     alert_batch_size: int = 100
     digest_batch_size: int = 500
-    claim_chunk: int = 50
+    claim_chunk: int = 200
     lease_seconds: float = 150.0
     retry_base_seconds: float = 60.0
     retry_max_seconds: float = 3600.0

@@ -24,13 +24,14 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, *, fast_commit: bool = False) -> Engine:
+def make_engine(url: str, *, fast_commit: bool = False, pool_size: int = 10) -> Engine:
     """An engine tuned for several writing processes.
 
     SQLite gets WAL, a long busy timeout and ``BEGIN IMMEDIATE`` (a deferred transaction that
     later writes fails with "database is locked" instead of waiting). On PostgreSQL,
     ``fast_commit`` turns off ``synchronous_commit``: the worker commits once per message, and
     losing the last few commits in a server crash only re-sends those messages.
+    ``pool_size`` connections stay open, and as many again may open for a burst.
     """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -57,13 +58,22 @@ def make_engine(url: str, *, fast_commit: bool = False) -> Engine:
     connect_args: dict[str, Any] = {}
     if fast_commit:
         connect_args["options"] = "-c synchronous_commit=off"
-    return create_engine(url, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        connect_args=connect_args,
+    )
 
 
 def get_engine() -> Engine:
     global _engine, _sessionmaker
     if _engine is None:
-        _engine = make_engine(get_settings().database, fast_commit=True)
+        settings = get_settings()
+        _engine = make_engine(
+            settings.database, fast_commit=True, pool_size=settings.database_pool_size
+        )
         _sessionmaker = sessionmaker(_engine, expire_on_commit=False)
     return _engine
 

@@ -33,7 +33,11 @@ def broker_reachable(settings: Settings) -> bool:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app factory; tests pass their own settings (and so their own database)."""
-    engine = db.get_engine() if settings is None else db.make_engine(settings.database)
+    engine = (
+        db.get_engine()
+        if settings is None
+        else db.make_engine(settings.database, pool_size=settings.database_pool_size)
+    )
     settings = settings or get_settings()
     app = FastAPI(title="mailer", summary="Newsletter and breaking-news delivery")
 

@@ -86,6 +86,15 @@ def test_a_filled_honeypot_looks_like_success_and_does_nothing(site: Site) -> No
     assert [m["To"] for m in site.inbox("bot@example.com")] == []
 
 
+def test_asking_again_before_confirming_replaces_the_choice(site: Site) -> None:
+    site.subscribe("amal@example.com", topics=("syria", "economy"), cadence="daily")
+    site.subscribe("amal@example.com", topics=("breaking",), cadence="instant")
+
+    assert site.subscriptions("amal@example.com") == {("breaking", "instant")}
+    assert len(site.inbox("amal@example.com")) == 2  # the confirmation, sent again
+    assert count(site, Subscriber) == 1
+
+
 def test_bad_input_gets_the_form_back_with_an_arabic_error(site: Site) -> None:
     answer = site.subscribe("not an address", name="سارة")
     assert answer.status_code == 400

@@ -84,6 +84,20 @@ def canonical_body(body: bytes) -> bytes:
     return correct_empty_body(strip_trailing_lines(body))  # type: ignore[no-any-return]
 
 
+def canonical_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """dkimpy's relaxed header canonicalisation (``Relaxed.canonicalize_headers``), faster:
+    its three module-level ``re.sub`` calls per header cost ~70 µs a message, the bytes
+    methods here a fraction of that. The tests hold the two equal on arbitrary headers."""
+    out = []
+    for name, value in headers:
+        # Unfolding is re.sub(rb"\r?\n", b""): each LF goes, with the CR right before it.
+        value = value.replace(b"\r\n", b"").replace(b"\n", b"").replace(b"\t", b" ")
+        if b"  " in value:
+            value = _SPACE_RUN.sub(b" ", value)
+        out.append((name.lower().rstrip(), value.strip() + b"\r\n"))
+    return out
+
+
 @dataclass(frozen=True)
 class _Key:
     selector: bytes
@@ -177,7 +191,7 @@ class DkimSigner:
             for name in SIGNED_HEADERS
             for _ in range(present.get(name, 0) + (name in _OVERSIGNED_SET))
         ]
-        canonical = _RELAXED.canonicalize_headers(signed)
+        canonical = canonical_headers(signed)
         body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
         timestamp = str(int(time.time())).encode()
         out = [self._signature(key, include, canonical, body_hash, timestamp) for key in self._keys]

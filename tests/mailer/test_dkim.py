@@ -35,6 +35,7 @@ from mailer.dkim import (
     DkimSigner,
     KeyFiles,
     canonical_body,
+    canonical_headers,
     dns_txt_record,
     generate_keys,
 )
@@ -362,6 +363,21 @@ _PIECES = st.sampled_from([b" ", b"  ", b"\t", b"\r\n", b"\r", b"\n", b"x", "ب"
 @given(st.lists(_PIECES, max_size=40).map(b"".join))
 def test_body_canonicalisation_is_dkimpys(body: bytes) -> None:
     assert canonical_body(body) == Relaxed.canonicalize_body(body)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.lists(
+                st.sampled_from([b"To", b"x-Y", b" ", b"\t", b"A"]), min_size=1, max_size=4
+            ).map(b"".join),
+            st.lists(_PIECES, max_size=30).map(b"".join),
+        ),
+        max_size=5,
+    )
+)
+def test_header_canonicalisation_is_dkimpys(headers: list[tuple[bytes, bytes]]) -> None:
+    assert canonical_headers(headers) == Relaxed.canonicalize_headers(headers)
 
 
 def test_signing_is_many_times_faster_than_dkimpy(keys: KeyFiles, signer: DkimSigner) -> None:

@@ -385,15 +385,10 @@ class SmtpTransport:
     ) -> SendResult | None:
         """MAIL, RCPT and DATA, each waiting for its reply: four round trips per message."""
         guard = self._guard
-        guard.phase = "waiting for the reply to MAIL FROM"
-        try:
-            code, reply = self._check_deadline(smtp.mail(sender, options))
-        except smtplib.SMTPServerDisconnected as exc:
-            # Nothing of this message was accepted yet, so a retry cannot duplicate it.
-            if may_retry and not self._timed_out(exc):
-                self._discard()
-                return None
-            raise
+        first = self._first_reply(lambda: smtp.mail(sender, options), may_retry)
+        if first is None:
+            return None
+        code, reply = first
         if code // 100 != 2:
             return self._refused(smtp, code, reply)
         guard.phase = "waiting for the reply to RCPT TO"
@@ -427,15 +422,10 @@ class SmtpTransport:
         # Plain angle brackets, not smtplib.quoteaddr: that parses each address with
         # email.utils (~30 µs, a tenth of a send), and both were validated long before.
         smtp.send(f"MAIL FROM:<{sender}>{extra}\r\nRCPT TO:<{recipient}>\r\nDATA\r\n")
-        guard.phase = "waiting for the reply to MAIL FROM"
-        try:
-            replies = [self._check_deadline(smtp.getreply())]
-        except smtplib.SMTPServerDisconnected as exc:
-            # No reply at all: the connection was dropped while idle, nothing was accepted.
-            if may_retry and not self._timed_out(exc):
-                self._discard()
-                return None
-            raise
+        first = self._first_reply(smtp.getreply, may_retry)
+        if first is None:
+            return None
+        replies = [first]
         for command in ("RCPT TO", "DATA"):
             if replies[-1][0] == 421:  # the server is closing: no further replies will come
                 self._discard()
@@ -457,6 +447,19 @@ class SmtpTransport:
         # Never retried from here on: the server may have accepted it.
         code, reply = self._check_deadline(_content(smtp, data))
         return self._accepted_or_not(code, reply)
+
+    def _first_reply(self, read: Callable[[], _Reply], may_retry: bool) -> _Reply | None:
+        """The reply to MAIL FROM, or None when a reused connection turns out to have been
+        dropped while idle: nothing of this message was accepted, so a retry on a new
+        connection cannot duplicate it."""
+        self._guard.phase = "waiting for the reply to MAIL FROM"
+        try:
+            return self._check_deadline(read())
+        except smtplib.SMTPServerDisconnected as exc:
+            if may_retry and not self._timed_out(exc):
+                self._discard()
+                return None
+            raise
 
     def _accepted_or_not(self, code: int, reply: bytes) -> SendResult:
         if code == 421:

@@ -253,9 +253,8 @@ class Delivery(Base):
             postgresql_where=text("status IN ('sending', 'deferred')"),
             sqlite_where=text("status IN ('sending', 'deferred')"),
         ),
-        # Erasing a reader sets their rows' subscriber to NULL: without this, each erasure
-        # scans every delivery ever made.
-        Index("ix_deliveries_subscriber", "subscriber_id"),
+        # No index on subscriber_id alone (migration 0005): a reader's rows are found through
+        # the unique (edition, subscriber) pair, one edition at a time (readers.deliveries_of).
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

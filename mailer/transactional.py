@@ -38,7 +38,7 @@ from mailer.models import (
     TransactionalMessage,
     utcnow,
 )
-from mailer.readers import ERASED
+from mailer.readers import ERASED, deliveries_of
 from mailer.rendering import Renderer
 from mailer.suppress import suppress_address
 from mailer.transport import Outcome, SendResult, Transport
@@ -363,7 +363,5 @@ def forget_unconfirmed(engine: Engine, settings: Settings, now: Clock = utcnow) 
     with engine.begin() as conn:
         # Never confirmed, so never sent an edition; but deliveries have no foreign key to
         # clear it (migration 0004), so make sure none points at a deleted reader.
-        conn.execute(
-            update(Delivery).where(Delivery.subscriber_id.in_(forgotten)).values(subscriber_id=None)
-        )
+        conn.execute(update(Delivery).where(deliveries_of(forgotten)).values(subscriber_id=None))
         return int(conn.execute(delete(Subscriber).where(Subscriber.id.in_(forgotten))).rowcount)

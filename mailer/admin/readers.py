@@ -78,7 +78,9 @@ def routes(ui: Ui) -> APIRouter:
                 select(Delivery, Edition)
                 .join(Edition, Edition.id == Delivery.edition_id)
                 .where(Delivery.subscriber_id == reader_id)
-                .order_by(Delivery.id.desc())
+                # Newest editions first, probing the (edition, reader) index for each: there is
+                # no index on the reader alone (readers.deliveries_of).
+                .order_by(Edition.id.desc())
                 .limit(DELIVERIES)
             ).all()
             suppressed = None

@@ -9,7 +9,7 @@ from httpx import Response
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from mailer.models import Base
+from mailer.models import Base, Delivery
 from mailer.rendering import Renderer
 from mailer.sending import EditionSender
 from mailer.service import Service
@@ -166,6 +166,9 @@ def test_erasing_leaves_no_clear_copy_and_refuses_a_later_import(site: Site) -> 
     assert erased.status_code == 200 and "تم حذف بياناتك" in erased.text
     assert clear_copies(site, ADDRESS) == []
     assert clear_copies(site, "أمل") == []
+    with Session(site.engine) as session:  # deliveries have no foreign key to do this for us
+        kept = session.execute(select(Delivery.subscriber_id, Delivery.status)).all()
+    assert kept == [(None, "sent")]  # the record of the send stays, without the reader
     assert site.browser().get(url).status_code == 410  # nothing left to show
     assert site.browser().get(f"{url}/export").status_code == 410
 

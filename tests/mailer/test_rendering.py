@@ -137,6 +137,11 @@ def test_phone_media_query_and_font_stack_survive_inlining(alert: RenderedEmail)
     assert "@media only screen and (max-width: 620px)" in alert.html
     assert "width: 100% !important" in alert.html
     assert "letter-spacing" not in alert.html
+    # Rules already inlined are not repeated in the <style> block: it holds the @media rule
+    # only, and no line starts with "." (each would cost SMTP dot-stuffing on every send).
+    style = alert.html[alert.html.index("<style") : alert.html.index("</style>")]
+    assert ".masthead-link" not in style and ".preheader" not in style
+    assert not any(line.startswith(".") for line in alert.html.splitlines())
 
 
 def test_masthead_shows_site_name(alert: RenderedEmail, settings: Settings) -> None:

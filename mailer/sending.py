@@ -20,6 +20,7 @@ from email.utils import format_datetime
 
 from sqlalchemy import Connection, Engine, bindparam, exists, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.dml import ReturningUpdate
 
 from mailer import placeholders as ph
 from mailer.config import Settings
@@ -97,6 +98,48 @@ def _sent_writer(conn: Connection) -> Callable[[dict[str, object]], int]:
         return updated
 
     return write_portably
+
+
+def _with_readers(
+    conn: Connection, claim: ReturningUpdate[int, int | None, int, datetime]
+) -> list[Claimed]:
+    """Run the claiming UPDATE; each claimed row with its reader's address and name, by id.
+
+    On PostgreSQL one statement (the UPDATE as a CTE joined to subscribers) whose text never
+    changes, so it is parsed and planned once per connection; a second query with an IN list
+    of the claimed ids would be new SQL at every chunk size. SQLite cannot put an UPDATE in a
+    CTE, so it asks twice.
+    """
+    fields = (Subscriber.email, Subscriber.name, Subscriber.needs_smtputf8)
+    if conn.dialect.name == "postgresql":
+        mine = claim.cte("claimed")
+        rows = conn.execute(
+            select(mine.c.id, mine.c.subscriber_id, mine.c.attempts, mine.c.created_at, *fields)
+            .join_from(mine, Subscriber, Subscriber.id == mine.c.subscriber_id)
+            .order_by(mine.c.id)
+        ).all()
+        return [
+            Claimed(r.id, r.subscriber_id, r.email, r.name or "", bool(r.needs_smtputf8),
+                    r.attempts, r.created_at)
+            for r in rows
+        ]  # fmt: skip
+    claimed_rows = conn.execute(claim).all()
+    if not claimed_rows:
+        return []
+    readers = {
+        r.id: r
+        for r in conn.execute(
+            select(Subscriber.id, *fields).where(
+                Subscriber.id.in_([row.subscriber_id for row in claimed_rows])
+            )
+        )
+    }
+    return [
+        Claimed(row.id, row.subscriber_id, reader.email, reader.name or "",
+                bool(reader.needs_smtputf8), row.attempts, row.created_at)
+        for row in sorted(claimed_rows, key=lambda r: r.id)
+        if (reader := readers.get(row.subscriber_id)) is not None
+    ]  # fmt: skip
 
 
 @dataclass
@@ -257,7 +300,7 @@ class EditionSender:
                 .limit(self.settings.claim_chunk)
                 .with_for_update(skip_locked=True, of=Delivery)
             )
-            rows = conn.execute(
+            claim = (
                 update(Delivery)
                 .where(Delivery.id.in_(candidates))
                 .values(
@@ -269,34 +312,12 @@ class EditionSender:
                 .returning(
                     Delivery.id, Delivery.subscriber_id, Delivery.attempts, Delivery.created_at
                 )
-            ).all()
-            if not rows:
-                return []
-            readers = {
-                r.id: r
-                for r in conn.execute(
-                    select(
-                        Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.needs_smtputf8
-                    ).where(Subscriber.id.in_([row.subscriber_id for row in rows]))
-                )
-            }
-            conn.execute(
-                update(Edition).where(Edition.id == batch.edition_id).values(progress_at=moment)
             )
-        claimed = []
-        for row in sorted(rows, key=lambda r: r.id):
-            reader = readers[row.subscriber_id]
-            claimed.append(
-                Claimed(
-                    row.id,
-                    reader.id,
-                    reader.email,
-                    reader.name or "",
-                    bool(reader.needs_smtputf8),
-                    row.attempts,
-                    row.created_at,
+            claimed = _with_readers(conn, claim)
+            if claimed:
+                conn.execute(
+                    update(Edition).where(Edition.id == batch.edition_id).values(progress_at=moment)
                 )
-            )
         return claimed
 
     def _skip_ineligible(self, prepared: PreparedEdition, batch: Batch) -> None:

@@ -143,12 +143,7 @@ def _subscribe(
     now: Clock,
 ) -> Subscribed:
     moment = now()
-    consent: dict[str, Any] = {
-        "consent_at": moment,
-        "consent_ip": (request.consent.ip or "")[:64] or None,
-        "consent_user_agent": (request.consent.user_agent or "")[:400] or None,
-        "consent_source": request.consent.source[:64],
-    }
+    consent = _consent_record(request.consent, moment)
     name = clean_name(request.name)
     with engine.begin() as conn:
         topic_ids = dict(conn.execute(_TOPICS, {"slugs": list(request.topics)}).all())
@@ -196,6 +191,16 @@ def _subscribe(
     return Subscribed(outcome, message_id)
 
 
+def _consent_record(consent: Consent, moment: datetime) -> dict[str, Any]:
+    """The subscriber columns that record who asked, when and from where."""
+    return {
+        "consent_at": moment,
+        "consent_ip": (consent.ip or "")[:64] or None,
+        "consent_user_agent": (consent.user_agent or "")[:400] or None,
+        "consent_source": consent.source[:64],
+    }
+
+
 def _choose(
     conn: Connection, subscriber_id: int, topic_ids: list[int], cadence: str, moment: datetime
 ) -> None:
@@ -233,18 +238,12 @@ def resubscribe(
                 Subscriber.id == subscriber_id,
                 Subscriber.status == SubscriberStatus.UNSUBSCRIBED,
             )
-            .values(
-                status=SubscriberStatus.PENDING,
-                consent_at=moment,
-                consent_ip=(consent.ip or "")[:64] or None,
-                consent_user_agent=(consent.user_agent or "")[:400] or None,
-                consent_source=consent.source[:64],
-            )
+            .values(status=SubscriberStatus.PENDING, **_consent_record(consent, moment))
         ).rowcount
         if not updated:
             return None
         topic_ids = dict(conn.execute(select(Topic.slug, Topic.id)).all())
-        conn.execute(delete(Subscription).where(Subscription.subscriber_id == subscriber_id))
+        conn.execute(_FORGET_CHOICES, {"reader": subscriber_id})
         conn.execute(
             insert(Subscription),
             [

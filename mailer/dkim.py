@@ -64,6 +64,7 @@ RSA_BITS: Final = 2048
 _SELECTOR: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9-]{1,63})*")
 _DOMAIN: Final = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}")
 _SPACE_RUN: Final = re.compile(rb"  +")
+_BLANK: Final = (b" ", b"\t")
 
 
 def canonical_body(body: bytes) -> bytes:
@@ -76,12 +77,61 @@ def canonical_body(body: bytes) -> bytes:
     the single space then left before a line end goes. The tests hold this to dkimpy's
     function on arbitrary bytes; its own end-of-body rules are reused as they are.
     """
-    if b"\t" in body:
-        body = body.replace(b"\t", b" ")
-    body = _SPACE_RUN.sub(b" ", body)
-    if b" \r\n" in body:
-        body = body.replace(b" \r\n", b"\r\n")
-    return correct_empty_body(strip_trailing_lines(body))  # type: ignore[no-any-return]
+    return correct_empty_body(strip_trailing_lines(_relaxed_lines(body)))  # type: ignore[no-any-return]
+
+
+def _relaxed_lines(data: bytes) -> bytes:
+    if b"\t" in data:
+        data = data.replace(b"\t", b" ")
+    if b"  " in data:
+        data = _SPACE_RUN.sub(b" ", data)
+    if b" \r\n" in data:
+        data = data.replace(b" \r\n", b"\r\n")
+    return data
+
+
+class BodyHasher:
+    """The ``bh=`` of bodies made of fixed segments with short values between them (an
+    edition's template and one reader's values), without canonicalising the fixed 30 KB again
+    for every reader: that and hashing the part before the first value are done once.
+
+    Relaxed canonicalisation only looks across a gap at runs of whitespace and at line ends, so
+    canonicalising each segment alone gives the same bytes whenever each value is non-empty,
+    neither starts nor ends with a space or tab, and holds no CR or LF. :meth:`body_hash`
+    checks that per reader and returns None otherwise (quoted-printable values end in a soft
+    line break, a blank greeting…): the caller then signs the whole message the ordinary way.
+    """
+
+    def __init__(self, segments: list[bytes], indices: list[int]) -> None:
+        self._indices = indices
+        self._usable = len(segments) == len(indices) + 1 and all(
+            segment.count(b"\n") == segment.count(b"\r\n")
+            and b"\r" not in segment.replace(b"\r\n", b"")
+            for segment in segments
+        )
+        canonical = [_relaxed_lines(segment) for segment in segments[:-1]]
+        canonical.append(canonical_body(segments[-1]))
+        # The end-of-body rules (trailing blank lines go) stay inside the last segment only if it
+        # has something other than line ends and spaces.
+        self._usable = self._usable and bool(canonical[-1].replace(b"\r\n", b"").strip(b" "))
+        self._start = hashlib.sha256(canonical[0])
+        self._rest = canonical[1:]
+
+    def body_hash(self, encoded: list[bytes]) -> bytes | None:
+        """``bh=`` for the body with ``encoded[i]`` in the gaps (indices given at construction),
+        or None when a value might merge with the whitespace around it."""
+        if not self._usable:
+            return None
+        hasher = self._start.copy()
+        for index, segment in zip(self._indices, self._rest, strict=True):
+            value = encoded[index]
+            if not value or value[:1] in _BLANK or value[-1:] in _BLANK:
+                return None
+            if b"\r" in value or b"\n" in value:
+                return None
+            hasher.update(_relaxed_lines(value))
+            hasher.update(segment)
+        return base64.b64encode(hasher.digest())
 
 
 def canonical_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -162,16 +212,29 @@ class DkimSigner:
     def selectors(self) -> list[str]:
         return [key.selector.decode() for key in self._keys]
 
-    def sign(self, message: bytes) -> bytes:
+    def sign(self, message: bytes, *, body_hash: bytes | None = None) -> bytes:
         """Return ``message`` with its DKIM-Signature header(s) on top; line ends are CRLF.
 
-        Raises ValueError for a message without a From header or with a malformed header line.
+        ``body_hash`` is the ``bh=`` value when the caller knows it (:class:`BodyHasher`); the
+        body is then not read at all. Raises ValueError for a message without a From header or
+        with a malformed header line.
         """
+        if body_hash is not None:
+            end = message.find(b"\r\n\r\n")
+            if end < 0:
+                raise ValueError(
+                    "cannot DKIM-sign: a body hash was given for a message without a body"
+                )
+            return self._sign(message, end, body_hash)
         if message.count(b"\n") != message.count(b"\r\n"):
             # Bare LFs: dkimpy reads them as CRLF and the SMTP client sends them as CRLF, so
             # sign (and return) the CRLF form rather than a signature that will not verify.
             message = re.sub(rb"\r?\n", b"\r\n", message)
-        end = message.find(b"\r\n\r\n")
+        return self._sign(message, message.find(b"\r\n\r\n"), None)
+
+    def _sign(self, message: bytes, end: int, body_hash: bytes | None) -> bytes:
+        if end >= 0 and message.count(b"\n", 0, end) != message.count(b"\r\n", 0, end):
+            raise ValueError("cannot DKIM-sign: a bare LF in the headers")
         try:
             if end < 0:  # headers only
                 headers, body = dkim.rfc822_parse(message)
@@ -192,7 +255,8 @@ class DkimSigner:
             for _ in range(present.get(name, 0) + (name in _OVERSIGNED_SET))
         ]
         canonical = canonical_headers(signed)
-        body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
+        if body_hash is None:
+            body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
         timestamp = str(int(time.time())).encode()
         out = [self._signature(key, include, canonical, body_hash, timestamp) for key in self._keys]
         out.append(message)

@@ -218,11 +218,34 @@ class MessageTemplate:
         :class:`ValueError` for a value over its limit (greeting 300 characters, email 320,
         URLs 500; To 900 bytes).
         """
-        encoded = [encode(values[name]) for name, encode in self._encoders]
+        return self.join(self.encode(values))
+
+    def encode(self, values: Mapping[str, str]) -> list[bytes]:
+        """Each value encoded for its spot, in the order :meth:`join` and :meth:`body` use
+        (errors as for :meth:`personalise`)."""
+        return [encode(values[name]) for name, encode in self._encoders]
+
+    def join(self, encoded: list[bytes]) -> bytes:
+        """The message with :meth:`encode`'s values in their places."""
         parts = self._parts.copy()
         for position, index in self._slots:
             parts[position] = encoded[index]
         return b"".join(parts)
+
+    def body(self) -> tuple[list[bytes], list[int]]:
+        """The body (after the blank line that ends the headers) as its static segments and,
+        for each gap between two of them, the index of the value there in :meth:`encode`'s
+        list. Header values hold no CR or LF, so the blank line is in a static segment."""
+        # build() always lays out headers, a blank line and a body; a value's slot holds b"".
+        position = next(i for i, part in enumerate(self._parts) if b"\r\n\r\n" in part)
+        part = self._parts[position]
+        segments = [part[part.index(b"\r\n\r\n") + 4 :]]
+        indices = []
+        for slot, index in self._slots:
+            if slot > position:
+                indices.append(index)
+                segments.append(self._parts[slot + 1])
+        return segments, indices
 
     @property
     def size(self) -> int:

@@ -25,7 +25,7 @@ from sqlalchemy.sql.dml import ReturningUpdate
 from mailer import placeholders as ph
 from mailer.config import Settings
 from mailer.dispatch import Batch
-from mailer.dkim import DkimSigner
+from mailer.dkim import BodyHasher, DkimSigner
 from mailer.editions import eligible, topic_ids_for
 from mailer.message import MessageSpec, MessageTemplate
 from mailer.models import (
@@ -153,11 +153,17 @@ class PreparedEdition:
     cadence: str
     spec: MessageSpec
     templates: dict[bool, MessageTemplate] = field(default_factory=dict)
+    hashers: dict[bool, BodyHasher] = field(default_factory=dict)
 
     def template(self, eightbit: bool) -> MessageTemplate:
         if eightbit not in self.templates:
             self.templates[eightbit] = MessageTemplate.build(self.spec, eightbit=eightbit)
         return self.templates[eightbit]
+
+    def body_hasher(self, eightbit: bool) -> BodyHasher:
+        if eightbit not in self.hashers:
+            self.hashers[eightbit] = BodyHasher(*self.template(eightbit).body())
+        return self.hashers[eightbit]
 
 
 @dataclass(frozen=True)
@@ -422,9 +428,12 @@ class EditionSender:
         }
         if eightbit is None:
             eightbit = self.transport.eightbitmime
-        data = prepared.template(eightbit).personalise(values)
+        template = prepared.template(eightbit)
+        encoded = template.encode(values)
+        data = template.join(encoded)
         if self.signer is not None:  # after substitution: the signature covers the reader's copy
-            data = self.signer.sign(data)
+            body_hash = prepared.body_hasher(eightbit).body_hash(encoded)
+            data = self.signer.sign(data, body_hash=body_hash)
         return self.tokens.verp_address(reader.delivery_id), data
 
     def _send_one(self, prepared: PreparedEdition, reader: Claimed) -> SendResult:

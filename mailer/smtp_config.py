@@ -39,6 +39,7 @@ class SmtpConfig:
     local_hostname: str | None = None
     verify_tls: bool = True
     pipelining: bool = True
+    chunking: bool = True
 
     @classmethod
     def from_url(cls, url: str) -> SmtpConfig:
@@ -47,7 +48,8 @@ class SmtpConfig:
         Options: ``starttls``, ``connect_timeout`` and ``timeout`` (the per-message deadline,
         also ``message_timeout``) in seconds, ``local_hostname`` (the EHLO name) and
         ``verify`` (TLS certificate checks, default true), ``pipelining`` (RFC 2920 when the
-        server offers it, default true). ``smtps`` is implicit TLS on port
+        server offers it, default true), ``chunking`` (RFC 3030 BDAT, pipelined, when the
+        server offers both, default true). ``smtps`` is implicit TLS on port
         465; ``smtp`` defaults to port 25. Error messages never echo the URL (it may hold a
         password).
         """
@@ -68,8 +70,8 @@ class SmtpConfig:
                 options["starttls"] = _flag(key, value)
             elif key == "verify":
                 options["verify_tls"] = _flag(key, value)
-            elif key == "pipelining":
-                options["pipelining"] = _flag(key, value)
+            elif key in ("pipelining", "chunking"):
+                options[key] = _flag(key, value)
             elif key == "connect_timeout":
                 options["connect_timeout"] = _seconds(key, value)
             elif key in ("timeout", "message_timeout"):
@@ -79,7 +81,7 @@ class SmtpConfig:
             else:
                 raise ValueError(
                     f"unknown SMTP URL option {key!r} (known: starttls, connect_timeout, "
-                    "timeout, local_hostname, verify, pipelining)"
+                    "timeout, local_hostname, verify, pipelining, chunking)"
                 )
         implicit_tls = parts.scheme == "smtps"
         if implicit_tls and options.get("starttls"):

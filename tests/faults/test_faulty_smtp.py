@@ -29,9 +29,10 @@ PLAN = combine(
 )
 
 
-@pytest.fixture
-def server() -> Iterator[FaultySMTPServer]:
-    with FaultySMTPServer(PLAN, slow_seconds=1.0) as running:
+@pytest.fixture(params=["bdat", "data"])
+def server(request: pytest.FixtureRequest) -> Iterator[FaultySMTPServer]:
+    """With CHUNKING the message goes in one write with its envelope; without, after a 354."""
+    with FaultySMTPServer(PLAN, slow_seconds=1.0, chunking=request.param == "bdat") as running:
         yield running
 
 

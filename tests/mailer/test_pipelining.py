@@ -1,4 +1,4 @@
-"""RFC 2920 pipelining as seen from the server's side of a real socket.
+"""RFC 2920 pipelining and RFC 3030 BDAT as seen from the server's side of a real socket.
 
 aiosmtpd (the other tests' server) answers pipelined commands but cannot show how they
 arrived, so this server is a few lines over a raw socket: it notes every chunk it reads and
@@ -22,9 +22,11 @@ MESSAGE = b"Subject: x\r\nMessage-ID: <1@news.example.com>\r\n\r\n.starts with a
 
 @dataclass
 class RawServer:
-    """One connection at a time; ``replies`` maps a verb to its reply (default 250)."""
+    """One connection at a time; ``replies`` maps a verb to its reply (default 250; an empty
+    reply to BDAT hangs up instead)."""
 
     pipelining: bool = True
+    chunking: bool = False
     replies: dict[bytes, bytes] = field(default_factory=dict)
     chunks: list[bytes] = field(default_factory=list)
     messages: list[bytes] = field(default_factory=list)
@@ -50,12 +52,22 @@ class RawServer:
 
     def _session(self, conn: socket.socket) -> None:
         conn.sendall(b"220 raw ESMTP\r\n")
-        buffer, in_data = b"", False
+        buffer, in_data, chunk_size = b"", False, -1
         while chunk := conn.recv(65536):
             self.chunks.append(chunk)
             buffer += chunk
             out = b""
             while True:
+                if chunk_size >= 0:
+                    if len(buffer) < chunk_size:
+                        break
+                    self.messages.append(buffer[:chunk_size])
+                    buffer, chunk_size = buffer[chunk_size:], -1
+                    reply = self.replies.get(b"BDAT", b"250 2.0.0 queued")
+                    if not reply:
+                        return
+                    out += reply + b"\r\n"
+                    continue
                 if in_data:
                     end = buffer.find(b"\r\n.\r\n")
                     if not buffer.startswith(b".\r\n") and end < 0:
@@ -75,7 +87,11 @@ class RawServer:
                 buffer, verb = rest, line.split(b" ", 1)[0].upper()
                 if verb == b"EHLO":
                     extensions = b"250-PIPELINING\r\n" if self.pipelining else b""
+                    extensions += b"250-CHUNKING\r\n" if self.chunking else b""
                     out += b"250-raw\r\n" + extensions + b"250 8BITMIME\r\n"
+                    continue
+                if verb == b"BDAT":
+                    chunk_size = int(line.split()[1])
                     continue
                 reply = self.replies.get(verb, b"354 go on" if verb == b"DATA" else b"250 ok")
                 in_data = verb == b"DATA" and reply.startswith(b"354")
@@ -161,3 +177,80 @@ def test_421_to_mail_stops_reading_and_the_next_message_reconnects(raw: RawServe
     raw.replies = {}
     assert transport.send(SENDER, "b@example.com", MESSAGE).outcome is Outcome.SENT
     assert transport.connections == 2
+
+
+# -- BDAT (RFC 3030) ------------------------------------------------------------------------
+
+
+def test_with_chunking_the_message_travels_with_its_envelope_unstuffed(raw: RawServer) -> None:
+    raw.chunking = True
+    transport, outcome, _ = send(raw)
+    assert transport.send(SENDER, "a@example.com", MESSAGE).outcome is Outcome.SENT
+    transport.close()
+
+    assert outcome is Outcome.SENT
+    assert raw.messages == [MESSAGE, MESSAGE]  # byte for byte: BDAT counts, nothing is stuffed
+    envelope = next(c for c in raw.chunks if c.startswith(b"MAIL"))
+    head = f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<a@example.com>\r\nBDAT {len(MESSAGE)} LAST\r\n"
+    assert envelope == head.encode() + MESSAGE  # one write: one round trip per message
+    assert b"DATA" not in raw.commands()
+
+
+def test_chunking_turned_off_or_after_a_pause_the_message_waits_for_354(
+    raw: RawServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    raw.chunking = True
+    transport, outcome, _ = send(raw, chunking="false")
+    transport.close()
+    assert outcome is Outcome.SENT and raw.commands().count(b"DATA") == 1
+
+    # A connection idle for a while may have been dropped by the server; DATA keeps the content
+    # back until the server has answered, so a dead connection can be retried at once.
+    monkeypatch.setattr("mailer.transport._BUSY_SECONDS", 0.0)
+    raw.chunks = []
+    transport, outcome, _ = send(raw)
+    assert outcome is Outcome.SENT and b"BDAT" in raw.commands()  # a new connection: BDAT
+    raw.chunks = []
+    assert transport.send(SENDER, "b@example.com", MESSAGE).outcome is Outcome.SENT
+    assert b"DATA" in raw.commands() and b"BDAT" not in raw.commands()
+
+
+def test_with_chunking_a_refused_recipient_is_reported_and_nothing_is_delivered(
+    raw: RawServer,
+) -> None:
+    raw.chunking = True
+    raw.replies = {b"RCPT": b"550 5.1.1 no such user", b"BDAT": b"554 5.5.1 no valid recipients"}
+    transport, outcome, text = send(raw)
+
+    assert (outcome, text) == (Outcome.HARD_BOUNCE, "5.1.1 no such user")
+    assert raw.commands()[-1] == b"RSET"
+    raw.replies = {}
+    assert transport.send(SENDER, "b@example.com", MESSAGE).outcome is Outcome.SENT
+
+
+def test_with_chunking_the_reply_to_the_content_decides(raw: RawServer) -> None:
+    raw.chunking = True
+    raw.replies = {b"BDAT": b"452 4.3.1 insufficient system storage"}
+    transport, outcome, text = send(raw)
+    transport.close()
+    assert (outcome, text) == (Outcome.TEMPORARY, "4.3.1 insufficient system storage")
+
+    raw.replies = {b"MAIL": b"421 4.3.2 closing"}
+    transport, outcome, _ = send(raw)
+    assert outcome is Outcome.TEMPORARY
+    raw.replies = {}
+    assert transport.send(SENDER, "b@example.com", MESSAGE).outcome is Outcome.SENT
+    assert transport.connections == 2  # 421 dropped the connection
+
+
+def test_a_connection_lost_after_the_chunk_is_not_retried_at_once(raw: RawServer) -> None:
+    """The server had the whole message and may have queued it: resending it now could give
+    the reader two copies. It is a temporary failure, retried later like any other."""
+    raw.chunking = True
+    transport, outcome, _ = send(raw)
+    assert outcome is Outcome.SENT
+    raw.replies = {b"BDAT": b""}  # reads the message, then hangs up without a word
+    result = transport.send(SENDER, "b@example.com", MESSAGE)
+
+    assert result.outcome is Outcome.TEMPORARY and "connection" in result.text.lower()
+    assert len(raw.messages) == 2 and transport.connections == 1

@@ -177,9 +177,15 @@ class FaultySMTPServer:
     """
 
     def __init__(
-        self, plan: Plan = no_faults, *, slow_seconds: float = 1.5, delay: float = 0.0
+        self,
+        plan: Plan = no_faults,
+        *,
+        slow_seconds: float = 1.5,
+        delay: float = 0.0,
+        chunking: bool = True,
     ) -> None:
         self.plan = plan
+        self.chunking = chunking  # offer CHUNKING (RFC 3030 BDAT), as Postfix and Exchange do
         self.slow_seconds = slow_seconds
         self.delay = delay
         self.host, self.port = "127.0.0.1", 0
@@ -301,6 +307,8 @@ class FaultySMTPServer:
             if verb == b"EHLO":
                 for extension in (b"-" + _HOSTNAME, b"-8BITMIME", b"-SMTPUTF8", b"-PIPELINING"):
                     reply(b"250" + extension)
+                if self.chunking:
+                    reply(b"250-CHUNKING")
                 reply(b"250 ENHANCEDSTATUSCODES")
             elif verb == b"HELO":
                 reply(b"250 " + _HOSTNAME)
@@ -316,8 +324,19 @@ class FaultySMTPServer:
             elif verb == b"DATA":
                 if not recipients:
                     reply(b"503 5.5.1 RCPT first")
-                elif not await self._data(reader, writer, recipients, started):
+                elif not await self._data(reader, writer, recipients, started, None):
                     return  # the fault ended the connection
+                sender, recipients = None, []
+            elif verb == b"BDAT" and self.chunking:
+                size, _, last = argument.partition(b" ")
+                if not size.isdigit() or last.upper() != b"LAST":
+                    reply(b"504 5.5.4 only one chunk per message (BDAT size LAST) here")
+                    return
+                if not recipients:
+                    await reader.readexactly(int(size))  # RFC 3030: the chunk is read anyway
+                    reply(b"503 5.5.1 RCPT first")
+                elif not await self._data(reader, writer, recipients, started, int(size)):
+                    return
                 sender, recipients = None, []
             elif verb == b"RSET":
                 sender, recipients = None, []
@@ -338,8 +357,10 @@ class FaultySMTPServer:
         writer: asyncio.StreamWriter,
         recipients: list[str],
         started: float,
+        size: int | None,
     ) -> bool:
-        """One message after DATA; False when its fault closed the connection."""
+        """One message after DATA, or in a chunk of ``size`` bytes after BDAT; False when its
+        fault closed the connection."""
         with self.lock:
             self._number += 1
             number = self._number
@@ -351,8 +372,9 @@ class FaultySMTPServer:
             injected = Injected(number, recipients[0], attempt, fault, started)
             with self.lock:
                 self.injected.append(injected)
-        writer.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-        await writer.drain()
+        if size is None:
+            writer.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+            await writer.drain()
 
         if fault is Fault.RESET_MID_DATA:
             await reader.read(1024)  # part of the body has arrived; the rest never will
@@ -361,7 +383,11 @@ class FaultySMTPServer:
             injected.released = time.monotonic()
             return False
 
-        data = (await reader.readuntil(_TERMINATOR))[: -len(_TERMINATOR) + 2]
+        if size is None:
+            data = (await reader.readuntil(_TERMINATOR))[: -len(_TERMINATOR) + 2]
+            data = data.replace(b"\r\n..", b"\r\n.")
+        else:
+            data = await reader.readexactly(size)
         if fault is Fault.HANG_AFTER_DATA:
             assert injected is not None
             while await reader.read(65536):  # never answer; wait for the client to give up
@@ -402,6 +428,6 @@ class FaultySMTPServer:
     def _accept(
         self, number: int, recipients: list[str], data: bytes, started: float, replied: float
     ) -> None:
-        message_id = _message_id(data.replace(b"\r\n..", b"\r\n."))
+        message_id = _message_id(data)
         with self.lock:
             self.accepted.append(Accepted(number, tuple(recipients), message_id, started, replied))

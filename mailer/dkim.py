@@ -1,13 +1,13 @@
 """DKIM signatures (RFC 6376) made after per-reader substitution, fast enough for every message.
 
-dkimpy is the reference for the format: this module reuses its header splitting
-(:func:`dkim.rfc822_parse`), relaxed header canonicalisation and header hashing
-(:func:`dkim.hash_headers`), so :func:`dkim.verify` accepts exactly what we make. Two things
-are not dkimpy's: its RSA is pure Python (≈ 6 ms a signature), so OpenSSL makes the signature
-through ``cryptography`` (≈ 0.2 ms); and its relaxed *body* canonicalisation is regex-bound
-(≈ 0.5 ms for 30 KB), so :func:`canonical_body` gets the same bytes with ``bytes.replace``
-(the tests hold the two equal). A 30 KB message costs ≈ 0.4 ms in all
-(``python -m benchmarks.bench_dkim``).
+dkimpy is the reference for the format, and :func:`dkim.verify` accepts exactly what we make,
+but its signing path is slow: RSA in pure Python (≈ 6 ms a signature; OpenSSL through
+``cryptography`` here, ≈ 0.2 ms), regex-bound relaxed canonicalisation (≈ 0.5 ms for 30 KB of
+body) and header selection by rescanning. This module gets the same bytes with ``bytes``
+methods: :func:`canonical_body`, :func:`canonical_headers` and :func:`header_fields` are held
+equal to dkimpy's functions by property tests. The worker goes further: :class:`BodyHasher`
+canonicalises an edition's body once, so a reader's copy costs ≈ 0.3 ms to sign, most of it
+the RSA operation (``python -m benchmarks --only stages``).
 
 * ``rsa-sha256`` with ``c=relaxed/relaxed`` always; optionally a second ``ed25519-sha256``
   signature (RFC 8463) under its own selector. The RSA one comes first, so a verifier that
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -32,14 +33,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import dkim
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from dkim.canonicalization import (
-    CanonicalizationPolicy,
     correct_empty_body,
     strip_trailing_lines,
 )
@@ -55,7 +54,6 @@ OVERSIGNED: Final = (
 SIGNED_HEADERS: Final = (*OVERSIGNED, b"feedback-id", b"mime-version", b"content-type", b"reply-to")
 _SIGNED_SET: Final = frozenset(SIGNED_HEADERS)
 _OVERSIGNED_SET: Final = frozenset(OVERSIGNED)
-_RELAXED: Final = CanonicalizationPolicy.from_c_value(b"relaxed/relaxed")
 _PKCS1: Final = padding.PKCS1v15()
 _PREHASHED: Final = Prehashed(hashes.SHA256())
 # RFC 8301: signers MUST use at least 1024 bits (SHOULD 2048); receivers ignore smaller keys.
@@ -65,6 +63,7 @@ _SELECTOR: Final = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9
 _DOMAIN: Final = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}")
 _SPACE_RUN: Final = re.compile(rb"  +")
 _BLANK: Final = (b" ", b"\t")
+_FIELD_NAME: Final = re.compile(rb"([\x21-\x7e]+?):")  # dkimpy's rfc822_parse rule
 
 
 def canonical_body(body: bytes) -> bytes:
@@ -235,14 +234,9 @@ class DkimSigner:
     def _sign(self, message: bytes, end: int, body_hash: bytes | None) -> bytes:
         if end >= 0 and message.count(b"\n", 0, end) != message.count(b"\r\n", 0, end):
             raise ValueError("cannot DKIM-sign: a bare LF in the headers")
-        try:
-            if end < 0:  # headers only
-                headers, body = dkim.rfc822_parse(message)
-            else:  # parse the header block only: the body needs no splitting into lines
-                headers, _ = dkim.rfc822_parse(message[: end + 4])
-                body = message[end + 4 :]
-        except dkim.MessageFormatError as exc:
-            raise ValueError(f"cannot DKIM-sign: {exc}") from None
+        # The header block only: the body needs no splitting into lines.
+        headers = header_fields(message if end < 0 else message[:end])
+        body = b"" if end < 0 else message[end + 4 :]
         signed = [(name, value) for name, value in headers if name.lower() in _SIGNED_SET]
         present: dict[bytes, int] = {}
         for name, _value in signed:
@@ -254,19 +248,20 @@ class DkimSigner:
             for name in SIGNED_HEADERS
             for _ in range(present.get(name, 0) + (name in _OVERSIGNED_SET))
         ]
-        canonical = canonical_headers(signed)
+        signed_data = signed_header_data(canonical_headers(signed), include)
         if body_hash is None:
             body_hash = base64.b64encode(hashlib.sha256(canonical_body(body)).digest())
         timestamp = str(int(time.time())).encode()
-        out = [self._signature(key, include, canonical, body_hash, timestamp) for key in self._keys]
+        names = _fold_names(tuple(include))
+        out = [self._signature(key, names, signed_data, body_hash, timestamp) for key in self._keys]
         out.append(message)
         return b"".join(out)
 
     def _signature(
         self,
         key: _Key,
-        include: list[bytes],
-        canonical: list[tuple[bytes, bytes]],
+        names: bytes,
+        signed_data: bytes,
         body_hash: bytes,
         timestamp: bytes,
     ) -> bytes:
@@ -274,13 +269,12 @@ class DkimSigner:
         value = (
             b" v=1; a=" + key.algorithm + b"; c=relaxed/relaxed; d=" + self._d
             + b"; s=" + key.selector + b"; t=" + timestamp + b";\r\n h="
-            + _fold_names(include) + b";\r\n bh=" + body_hash + b";\r\n b="
+            + names + b";\r\n bh=" + body_hash + b";\r\n b="
         )  # fmt: skip
-        hasher = hashlib.sha256()
-        # dkimpy's own hashing: header selection bottom-up, relaxed canonical form of the
-        # signature header with an empty b=, and no CRLF after it.
-        dkim.hash_headers(hasher, _RELAXED, canonical, include, (b"DKIM-Signature", value), {})
-        digest = hasher.digest()
+        # As dkimpy's hash_headers: the selected headers, then the relaxed canonical form of
+        # the signature header with an empty b= and no CRLF after it.
+        ((name, canonical),) = canonical_headers([(b"DKIM-Signature", value)])
+        digest = hashlib.sha256(signed_data + name + b":" + canonical.rstrip()).digest()
         if isinstance(key.private, rsa.RSAPrivateKey):
             raw = key.private.sign(digest, _PKCS1, _PREHASHED)
         else:  # RFC 8463 §3: Ed25519 signs the SHA-256 hash of the header data
@@ -290,7 +284,42 @@ class DkimSigner:
         return b"DKIM-Signature:" + value + folded + b"\r\n"
 
 
-def _fold_names(names: list[bytes]) -> bytes:
+def header_fields(block: bytes) -> list[tuple[bytes, bytes]]:
+    """dkimpy's ``rfc822_parse`` of a CRLF header block (without the blank line after it):
+    (name, value with its continuation lines and CRLF), faster. Raises ValueError where dkimpy
+    raises MessageFormatError; the tests hold the two equal."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in block.split(b"\r\n"):
+        if not line:  # an empty line ends the headers
+            break
+        if line[:1] in _BLANK:
+            if not fields:
+                raise ValueError("cannot DKIM-sign: the first header line is a continuation")
+            name, value = fields[-1]
+            fields[-1] = (name, value + line + b"\r\n")
+        elif (m := _FIELD_NAME.match(line)) is not None:
+            fields.append((m.group(1), line[m.end() :] + b"\r\n"))
+        elif not line.startswith(b"From "):  # an mbox separator is skipped, as dkimpy does
+            raise ValueError(f"cannot DKIM-sign: unexpected characters in a header: {line[:60]!r}")
+    return fields
+
+
+def signed_header_data(canonical: list[tuple[bytes, bytes]], include: list[bytes]) -> bytes:
+    """What dkimpy's ``select_headers`` picks and ``hash_headers`` hashes: for each name of
+    ``include`` in turn, the bottom-most field of that name not taken yet."""
+    by_name: dict[bytes, list[bytes]] = {}
+    for name, value in canonical:
+        by_name.setdefault(name, []).append(value)
+    out = []
+    for name in include:
+        values = by_name.get(name)
+        if values:
+            out.append(name + b":" + values.pop())
+    return b"".join(out)
+
+
+@functools.lru_cache(maxsize=64)
+def _fold_names(names: tuple[bytes, ...]) -> bytes:
     """``from:from:to:…`` folded after a colon (FWS is allowed there) to keep lines short."""
     lines, line = [], b""
     for name in names:

@@ -40,6 +40,8 @@ from mailer.dkim import (
     canonical_headers,
     dns_txt_record,
     generate_keys,
+    header_fields,
+    signed_header_data,
 )
 from mailer.message import MessageSpec, MessageTemplate
 from mailer.rendering import Renderer, StoryView
@@ -436,6 +438,38 @@ def test_signing_with_the_template_body_hash_changes_nothing(
         assert dkimpy.verify(signed, dnsfunc=dns)
     # A value that could merge with the text around it takes the ordinary path.
     assert hasher.body_hash(tpl.encode({**values("c"), ph.GREETING: " مرحباً "})) is None
+
+
+_TEXT = st.lists(st.sampled_from([b" ", b"\t", b"a", b":", "ب".encode()]), max_size=5).map(b"".join)
+_HEADER_LINE = st.one_of(
+    st.builds(bytes.__add__, st.sampled_from([b"To:", b"x-Y:", b"To :", b"Subject:"]), _TEXT),
+    st.builds(bytes.__add__, st.sampled_from([b" ", b"\t"]), _TEXT),  # a continuation
+    st.builds(bytes.__add__, st.sampled_from([b"From ", b"bad", b"\x7f:", b"A"]), _TEXT),
+)
+
+
+@given(st.lists(_HEADER_LINE, max_size=6).map(b"\r\n".join), st.sampled_from([b"", b"\r\n"]))
+def test_header_splitting_is_dkimpys(block: bytes, end: bytes) -> None:
+    block += end  # a message without a body may end in CRLF
+    try:
+        expected = [tuple(field) for field in dkimpy.rfc822_parse(block + b"\r\n\r\n")[0]]
+    except (dkimpy.MessageFormatError, IndexError):  # IndexError: a continuation comes first
+        with pytest.raises(ValueError, match="cannot DKIM-sign"):
+            header_fields(block)
+    else:
+        assert header_fields(block) == expected
+
+
+@given(
+    st.lists(st.tuples(st.sampled_from([b"from", b"to", b"subject"]), _TEXT), max_size=8),
+    st.lists(st.sampled_from([b"from", b"to", b"subject", b"date"]), max_size=8),
+)
+def test_header_selection_is_dkimpys(
+    headers: list[tuple[bytes, bytes]], include: list[bytes]
+) -> None:
+    """Bottom-up, each field once: a second From added on top is what oversigning catches."""
+    chosen = dkimpy.select_headers(headers, include)
+    assert signed_header_data(headers, include) == b"".join(n + b":" + v for n, v in chosen)
 
 
 @given(

@@ -6,12 +6,14 @@ Engines are created lazily and per process: a forked worker must call :func:`res
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from mailer.config import get_settings
@@ -24,7 +26,9 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-def make_engine(url: str, *, fast_commit: bool = False, pool_size: int = 10) -> Engine:
+def make_engine(
+    url: str, *, fast_commit: bool = False, pool_size: int = 10, ping_after_idle: float = 0.0
+) -> Engine:
     """An engine tuned for several writing processes.
 
     SQLite gets WAL, a long busy timeout and ``BEGIN IMMEDIATE`` (a deferred transaction that
@@ -32,6 +36,11 @@ def make_engine(url: str, *, fast_commit: bool = False, pool_size: int = 10) -> 
     ``fast_commit`` turns off ``synchronous_commit``: the worker commits once per message, and
     losing the last few commits in a server crash only re-sends those messages.
     ``pool_size`` connections stay open, and as many again may open for a burst.
+
+    A connection is checked with a round trip before it is handed out, so one the server
+    dropped (a restart, an idle timeout) is replaced instead of failing the caller. With
+    ``ping_after_idle`` only a connection idle that many seconds is: the web app's, where the
+    ping was a tenth of a sign-up's cost and a connection reused within a second is alive.
     """
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -58,13 +67,34 @@ def make_engine(url: str, *, fast_commit: bool = False, pool_size: int = 10) -> 
     connect_args: dict[str, Any] = {}
     if fast_commit:
         connect_args["options"] = "-c synchronous_commit=off"
-    return create_engine(
+    engine = create_engine(
         url,
-        pool_pre_ping=True,
+        pool_pre_ping=not ping_after_idle,
         pool_size=pool_size,
         max_overflow=pool_size,
         connect_args=connect_args,
     )
+    if ping_after_idle:
+        _ping_when_idle(engine, ping_after_idle)
+    return engine
+
+
+def _ping_when_idle(engine: Engine, seconds: float) -> None:
+    """SQLAlchemy's pessimistic disconnect handling, for connections idle ``seconds`` or more:
+    a failed ping raises DisconnectionError, and the pool then opens a new connection."""
+
+    @event.listens_for(engine.pool, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        record.info["returned_at"] = time.monotonic()
+
+    @event.listens_for(engine.pool, "checkout")
+    def _ping(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if time.monotonic() - record.info.get("returned_at", -seconds) < seconds:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)  # what pool_pre_ping runs
+        except Exception as exc:
+            raise DisconnectionError(f"idle connection is gone: {exc}") from exc
 
 
 def get_engine() -> Engine:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
+import anyio.to_thread
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -33,13 +36,25 @@ def broker_reachable(settings: Settings) -> bool:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The app factory; tests pass their own settings (and so their own database)."""
-    engine = (
-        db.get_engine()
-        if settings is None
-        else db.make_engine(settings.database, pool_size=settings.database_pool_size)
-    )
+    production = settings is None
     settings = settings or get_settings()
-    app = FastAPI(title="mailer", summary="Newsletter and breaking-news delivery")
+    engine = db.make_engine(
+        settings.database,
+        fast_commit=production,
+        pool_size=settings.database_pool_size,
+        ping_after_idle=1.0,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # The limiter belongs to the event loop, so it is set once the loop runs.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.web_threads
+        yield
+        engine.dispose()
+
+    app = FastAPI(
+        title="mailer", summary="Newsletter and breaking-news delivery", lifespan=lifespan
+    )
 
     @app.exception_handler(DataError)
     @app.exception_handler(OverflowError)  # SQLite's driver, for an integer past 64 bits

@@ -89,6 +89,25 @@ def send_transactional(message_id: int) -> str | None:
     )
 
 
+@app.task(
+    name="mailer.send_transactionals",
+    autoretry_for=(OperationalError,),
+    retry_backoff=2,
+    retry_backoff_max=60,
+    max_retries=None,
+)
+def send_transactionals(message_ids: list[int]) -> list[str | None]:
+    """Several, one after the other (a retry skips those already sent: each is claimed once)."""
+    sender = runtime.sender()
+    engine, settings = db.get_engine(), get_settings()
+    return [
+        transactional.send_message(
+            engine, settings, sender.transport, message_id, signer=sender.signer
+        )
+        for message_id in message_ids
+    ]
+
+
 @app.task(name="mailer.forget_unconfirmed", autoretry_for=(OperationalError,), max_retries=3)
 def forget_unconfirmed() -> int:
     return transactional.forget_unconfirmed(db.get_engine(), get_settings())

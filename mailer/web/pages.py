@@ -25,6 +25,7 @@ from mailer.models import Cadence
 from mailer.rendering import TEMPLATES_DIR, arabic_date
 from mailer.signup import Consent
 from mailer.tokens import Tokens
+from mailer.web.waker import Waker
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ class Web:
     tokens: Tokens
     csrf: Csrf
     pages: Pages
-    dispatcher: Dispatcher | None = None
+    waker: Waker
 
     @classmethod
     def create(
@@ -181,7 +182,12 @@ class Web:
     ) -> Web:
         tokens = Tokens(settings)
         csrf = Csrf(tokens)
-        return cls(settings, engine, tokens, csrf, Pages(settings, csrf), dispatcher)
+
+        def load() -> Dispatcher:
+            return dispatcher or load_dispatcher(settings.dispatcher)
+
+        waker = Waker(load, settings.wake_linger_seconds)
+        return cls(settings, engine, tokens, csrf, Pages(settings, csrf), waker)
 
     def csrf_ok(self, request: Request, form: FormData) -> bool:
         """The form's CSRF field matches this browser's cookie."""
@@ -191,15 +197,9 @@ class Web:
         )
 
     def wake(self, queue: str, message_id: int | None) -> None:
-        """Dispatch a committed message; if the broker fails, the sweeper will."""
-        if message_id is None:
-            return
-        try:
-            if self.dispatcher is None:  # loaded on first use: the web may start before it
-                self.dispatcher = load_dispatcher(self.settings.dispatcher)
-            self.dispatcher.dispatch_messages(queue, [message_id])
-        except Exception:  # the row is committed: the sweeper dispatches it
-            log.exception("could not dispatch message %s; the sweeper will", message_id)
+        """Dispatch a committed message (see :mod:`mailer.web.waker`)."""
+        if message_id is not None:
+            self.waker.wake(queue, message_id)
 
 
 def consent(request: Request, source: str = "web") -> Consent:

@@ -120,9 +120,11 @@ class ReaderSite:
     def __init__(self, room: Newsroom) -> None:
         self.room = room
         app = FastAPI()
+        # Wake-ups dispatched in the request, so that the confirmation is there to read at once.
+        settings = room.settings.model_copy(update={"wake_linger_seconds": 0})
         app.include_router(
             readers.router(
-                room.settings, room.engine, dispatcher=room.dispatcher, limiter=MemoryLimiter()
+                settings, room.engine, dispatcher=room.dispatcher, limiter=MemoryLimiter()
             )
         )
         self.client = TestClient(app, base_url=room.settings.base_url)

@@ -49,6 +49,7 @@ def settings_for(tmp: Path, database_url: str = "", **overrides: Any) -> Setting
         "hash_key": "hash-key",
         "subscribe_limit_per_ip": "1000/hour",
         "subscribe_limit_per_address": "1000/hour",
+        "wake_linger_seconds": 0,  # wake-ups dispatched in the request: tests read them at once
     }
     return Settings(**(values | overrides))
 

@@ -16,7 +16,7 @@ import importlib
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Protocol, cast
 
@@ -90,6 +90,15 @@ class MemoryLimiter:
             del self._counters[name]
         while len(self._counters) > self._max_keys:
             del self._counters[next(iter(self._counters))]
+
+
+def hit_all(limiter: Limiter, hits: Sequence[tuple[str, str]]) -> list[bool]:
+    """Count one hit of each ``(key, limit)``: in one round trip when the limiter has a
+    ``hit_many`` (:class:`workers.redis_limiter.RedisLimiter`), else one ``hit`` each."""
+    many = getattr(limiter, "hit_many", None)
+    if many is not None:
+        return list(many(hits))
+    return [limiter.hit(key, limit) for key, limit in hits]
 
 
 def load_limiter(path: str, settings: Settings | None = None) -> Limiter:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import redis
 
@@ -53,15 +53,22 @@ class RedisLimiter:
 
     def hit(self, key: str, limit: str) -> bool:
         """Count one hit; False when ``key`` is over ``limit`` in the current window."""
-        allowed, period = parse_limit(limit)
-        window = int(self._clock() // period)
-        name = f"{self._prefix}{key}:{period}:{window}"
+        return self.hit_many([(key, limit)])[0]
+
+    def hit_many(self, hits: Sequence[tuple[str, str]]) -> list[bool]:
+        """:meth:`hit` for each ``(key, limit)``, all in one pipeline (one round trip)."""
+        now = self._clock()
+        allowed = []
         try:
             pipe = self._redis.pipeline(transaction=True)
-            pipe.incr(name)
-            pipe.expire(name, period + 1)  # +1: never expire before the window has ended
-            hits, _ = pipe.execute()
+            for key, limit in hits:
+                count, period = parse_limit(limit)
+                name = f"{self._prefix}{key}:{period}:{int(now // period)}"
+                pipe.incr(name)
+                pipe.expire(name, period + 1)  # +1: never expire before the window has ended
+                allowed.append(count)
+            replies = pipe.execute()
         except redis.RedisError as exc:
             log.warning("rate limits fall back to this process: Redis failed: %s", exc)
-            return self._fallback.hit(key, limit)
-        return int(hits) <= allowed
+            return [self._fallback.hit(key, limit) for key, limit in hits]
+        return [int(n) <= count for n, count in zip(replies[::2], allowed, strict=True)]

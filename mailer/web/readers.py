@@ -29,7 +29,7 @@ from starlette.datastructures import FormData
 from mailer import readers, signup
 from mailer.config import Settings
 from mailer.dispatch import ALERTS_QUEUE, Dispatcher
-from mailer.ratelimit import Limiter, load_limiter
+from mailer.ratelimit import Limiter, hit_all, load_limiter
 from mailer.tokens import PREFERENCES, BadToken, ExpiredToken
 from mailer.web import preferences
 from mailer.web.pages import Web, client_ip, consent
@@ -75,13 +75,6 @@ def router(
             return pages.csrf_failed("/subscribe")
         if form.get(HONEYPOT):  # a bot: it sees success, nothing happens
             return pages.render("check_email")
-        if not limits.hit(f"subscribe:ip:{client_ip(request)}", settings.subscribe_limit_per_ip):
-            return pages.error(
-                "طلبات كثيرة",
-                "وصلتنا طلبات كثيرة من جهازك في وقت قصير. انتظر قليلاً ثم حاول مرة أخرى.",
-                429,
-                retry="/subscribe",
-            )
         asked = signup.SubscribeRequest(
             email=str(form.get("email") or ""),
             name=str(form.get("name") or ""),
@@ -89,16 +82,25 @@ def router(
             cadence=str(form.get("cadence") or ""),
             consent=consent(request),
         )
-        try:
-            done = signup.subscribe(
-                engine,
-                settings,
-                asked,
-                # Over the per-address limit: the same page, nothing sent (no mail bombing).
-                allow=lambda digest: limits.hit(
-                    f"subscribe:address:{digest}", settings.subscribe_limit_per_address
-                ),
+        over_ip_limit = False
+
+        def allow(digest: str) -> bool:
+            # Both limits in one round trip, once the address is known to be well formed (a
+            # malformed one is refused before any database or mail work, limit or not).
+            nonlocal over_ip_limit
+            client_ok, address_ok = hit_all(
+                limits,
+                [
+                    (f"subscribe:ip:{client_ip(request)}", settings.subscribe_limit_per_ip),
+                    (f"subscribe:address:{digest}", settings.subscribe_limit_per_address),
+                ],
             )
+            over_ip_limit = not client_ok
+            # Over the per-address limit: the same page, nothing sent (no mail bombing).
+            return client_ok and address_ok
+
+        try:
+            done = signup.subscribe(engine, settings, asked, allow=allow)
         except signup.InvalidRequest as exc:  # a form error is not enumeration: say it
             values = {
                 "email": asked.email,
@@ -108,6 +110,13 @@ def router(
                 "error": str(exc),
             }
             return subscribe_form(request, values, status=400)
+        if over_ip_limit:
+            return pages.error(
+                "طلبات كثيرة",
+                "وصلتنا طلبات كثيرة من جهازك في وقت قصير. انتظر قليلاً ثم حاول مرة أخرى.",
+                429,
+                retry="/subscribe",
+            )
         web.wake(done.queue, done.message_id)
         return pages.render("check_email")
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from mailer.config import Settings
-from mailer.ratelimit import MemoryLimiter, load_limiter, parse_limit
+from mailer.ratelimit import MemoryLimiter, hit_all, load_limiter, parse_limit
 from tests.support.stack import REDIS_URL, need_service
 from workers.redis_limiter import RedisLimiter
 
@@ -94,6 +94,22 @@ def test_redis_counters_are_shared_by_every_web_process(redis_url: str) -> None:
     (key,) = client.keys(f"{prefix}*")
     assert 0 < int(client.ttl(key)) <= 61  # the window's counter expires by itself
     client.delete(key)
+
+
+def test_several_limits_count_in_one_round_trip_each_on_its_own(redis_url: str) -> None:
+    """The sign-up form counts the client and the address together (one pipeline)."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    limiter = RedisLimiter(Settings(redis_url=redis_url), prefix=prefix)
+    pairs = [("ip:1", "3/minute"), ("address:a", "1/minute")]
+    assert [hit_all(limiter, pairs) for _ in range(4)] == [
+        [True, True],
+        [True, False],
+        [True, False],
+        [False, False],
+    ]
+    assert hit_all(MemoryLimiter(), pairs) == [True, True]  # no hit_many: one hit() each
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*client.keys(f"{prefix}*"))
 
 
 def test_redis_is_taken_from_the_broker_url_and_required() -> None:

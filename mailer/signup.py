@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -131,7 +132,22 @@ def subscribe(
     try:
         return _subscribe(engine, request, email, digest, smtputf8, now)
     except IntegrityError:  # a concurrent request inserted the same new address: it is pending
+        _TOPIC_IDS.pop(engine, None)  # or a topic was removed by hand: look them up again
         return _subscribe(engine, request, email, digest, smtputf8, now)
+
+
+# Topics are added, never deleted or renamed by the service: ids found once are kept (per
+# database), saving a round trip on every sign-up. A slug not known yet is looked up.
+_TOPIC_IDS: WeakKeyDictionary[Engine, dict[str, int]] = WeakKeyDictionary()
+
+
+def _topic_ids(engine: Engine, conn: Connection, slugs: tuple[str, ...]) -> dict[int, str]:
+    """The chosen topics as id → slug; a slug that is no topic is left out."""
+    known = _TOPIC_IDS.setdefault(engine, {})
+    if not all(slug in known for slug in slugs):
+        for topic_id, slug in conn.execute(_TOPICS, {"slugs": list(slugs)}):
+            known[slug] = topic_id
+    return {known[slug]: slug for slug in slugs if slug in known}
 
 
 def _subscribe(
@@ -146,7 +162,7 @@ def _subscribe(
     consent = _consent_record(request.consent, moment)
     name = clean_name(request.name)
     with engine.begin() as conn:
-        topic_ids = dict(conn.execute(_TOPICS, {"slugs": list(request.topics)}).all())
+        topic_ids = _topic_ids(engine, conn, request.topics)
         if set(topic_ids.values()) != set(request.topics):
             raise InvalidRequest("topics", "اختيار غير معروف في قائمة المواضيع.")
         # The same two queries whatever the address's state (no timing difference to read).

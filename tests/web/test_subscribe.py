@@ -8,7 +8,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from mailer.models import Subscriber, TransactionalMessage
+from mailer.models import Subscriber, Topic, TransactionalMessage
 from mailer.rendering import Renderer
 from mailer.sending import EditionSender
 from mailer.service import Service
@@ -93,6 +93,20 @@ def test_asking_again_before_confirming_replaces_the_choice(site: Site) -> None:
     assert site.subscriptions("amal@example.com") == {("breaking", "instant")}
     assert len(site.inbox("amal@example.com")) == 2  # the confirmation, sent again
     assert count(site, Subscriber) == 1
+
+
+def test_a_topic_added_while_the_site_runs_can_be_chosen_at_once(site: Site) -> None:
+    """Topic ids are remembered between sign-ups; one the process has not seen is looked up."""
+    assert site.subscribe("first@example.com").status_code == 200
+    assert site.subscribe("second@example.com", topics=("sports",)).status_code == 400
+    with Session(site.engine) as session:
+        session.add(Topic(slug="sports", name="رياضة"))
+        session.commit()
+    assert site.subscribe("second@example.com", topics=("sports", "breaking")).status_code == 200
+    assert site.subscriptions("second@example.com") == {
+        ("sports", "instant"),
+        ("breaking", "instant"),
+    }
 
 
 def test_bad_input_gets_the_form_back_with_an_arabic_error(site: Site) -> None:

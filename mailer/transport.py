@@ -2,7 +2,8 @@
 
 * :class:`Transport` is the seam. :class:`SmtpTransport` talks to a real server over one reused
   connection; :class:`MemoryTransport` records messages for unit tests of the delivery logic.
-* :func:`classify` is the one rule that turns an SMTP reply into an :class:`Outcome`.
+* :func:`classify` is the one rule that turns an SMTP reply into an :class:`Outcome`
+  (:mod:`mailer.smtp_reply`; re-exported here, as :class:`SendResult` is).
 * :class:`SmtpConfig` (``MAILER_SMTP_URL``; parsed in :mod:`mailer.smtp_config`) is re-exported.
 
 ``send()`` never raises for network trouble: every smtplib, socket and ssl failure comes back
@@ -12,7 +13,6 @@ as a :class:`SendResult`, so a worker records it per recipient and moves on (DES
 from __future__ import annotations
 
 import logging
-import re
 import smtplib
 import socket
 import ssl
@@ -20,97 +20,27 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass, replace
-from enum import StrEnum
+from dataclasses import replace
 from functools import cache
 from typing import Any, Protocol
 
 from mailer.deadline import Deadline
 from mailer.smtp_config import SmtpConfig as SmtpConfig  # re-exported: part of this seam
+from mailer.smtp_reply import Outcome as Outcome
+from mailer.smtp_reply import SendResult as SendResult
+from mailer.smtp_reply import classify as classify
+from mailer.smtp_reply import enhanced_status as enhanced_status
 
 log = logging.getLogger(__name__)
 
 NO_SMTPUTF8 = "recipient needs SMTPUTF8 but the server does not offer it"
 # ssl.SSLError, socket.timeout and socket.gaierror are all OSErrors.
 _NETWORK_ERRORS = (smtplib.SMTPException, OSError)
-_ENHANCED = re.compile(r"^\s*([245]\.\d{1,3}\.\d{1,3})(?!\S)")
-# Replies of servers that give no enhanced code but clearly mean "this mailbox does not exist".
-_NO_SUCH_USER = re.compile(
-    r"user unknown|unknown user|no such (user|mailbox|recipient)|recipient unknown|"
-    r"unknown recipient|invalid recipient|mailbox (unavailable|not found|does not exist)|"
-    r"(user|recipient|account) (not found|does not exist)",
-    re.IGNORECASE,
-)
-# 5.1.7/5.1.8 are about *our* sender address: suppressing the reader for them would be wrong.
-_SENDER_STATUSES = frozenset({"5.1.7", "5.1.8"})
-
-
 _Reply = tuple[int, bytes]
 # A connection that answered this recently is not one the server dropped for idling, so BDAT
 # may put the message on it at once. After a pause the message waits for DATA's 354 instead:
 # if the connection turns out dead, nothing of it was sent and it can be retried at once.
 _BUSY_SECONDS = 1.0
-
-
-class Outcome(StrEnum):
-    """What a send means for the recipient's delivery row."""
-
-    SENT = "sent"
-    TEMPORARY = "temporary"
-    PERMANENT = "permanent"
-    HARD_BOUNCE = "hard_bounce"
-
-
-def enhanced_status(text: str) -> str | None:
-    """The RFC 3463 enhanced status code ("5.1.1") a reply text starts with, if any."""
-    match = _ENHANCED.match(text)
-    return match.group(1) if match else None
-
-
-def classify(code: int | None, text: str) -> Outcome:
-    """The one place failures are classified (Mailman's rule, plus hard bounces).
-
-    2xx sent; 4xx, no reply (timeouts, disconnects) or anything unexpected: temporary, since
-    nothing was accepted and a retry is safe. 5xx permanent, except 552 and 5.2.2 (mailbox
-    full: the reader may make room). A 5.1.x status, or a 550/551/553 without one whose text
-    says the user is unknown, is a hard bounce: the address itself is bad.
-    """
-    if code is None or code // 100 != 5:
-        return Outcome.SENT if code is not None and code // 100 == 2 else Outcome.TEMPORARY
-    enhanced = enhanced_status(text)
-    if enhanced is not None:
-        if enhanced.startswith("5.1.") and enhanced not in _SENDER_STATUSES:
-            return Outcome.HARD_BOUNCE
-        if enhanced == "5.2.2":
-            return Outcome.TEMPORARY
-    elif code in (550, 551, 553) and _NO_SUCH_USER.search(text):
-        return Outcome.HARD_BOUNCE
-    return Outcome.TEMPORARY if code == 552 else Outcome.PERMANENT
-
-
-@dataclass(frozen=True)
-class SendResult:
-    """The server's answer for one recipient (or a clear description when there was none)."""
-
-    outcome: Outcome
-    code: int | None
-    text: str
-    enhanced: str | None
-    # The session failed (connect, greeting, EHLO, STARTTLS, AUTH): nothing of the message was
-    # sent, so another server may take it at once, and this one is unhealthy.
-    server_fault: bool = False
-
-    @classmethod
-    def from_reply(cls, code: int, text: str | bytes) -> SendResult:
-        """Build a result from a server reply, classified by :func:`classify`."""
-        if isinstance(text, bytes):
-            text = text.decode("utf-8", "replace")
-        return cls(classify(code, text), code, text, enhanced_status(text))
-
-    @classmethod
-    def temporary(cls, text: str, code: int | None = None) -> SendResult:
-        """A failure that says nothing about the recipient: retry later."""
-        return cls(Outcome.TEMPORARY, code, text, enhanced_status(text))
 
 
 class Transport(Protocol):
@@ -339,13 +269,9 @@ class SmtpTransport:
         first = self._first_reply(smtp.getreply, may_retry)
         if first is None:
             return None
-        replies = [first]
-        for command in ("RCPT TO", "DATA"):
-            if replies[-1][0] == 421:  # the server is closing: no further replies will come
-                self._discard()
-                return SendResult.from_reply(*replies[-1])
-            guard.phase = f"waiting for the reply to {command}"
-            replies.append(self._check_deadline(smtp.getreply()))
+        replies = self._replies_after(smtp, first, "DATA")
+        if isinstance(replies, SendResult):
+            return replies
         refusal = next((reply for reply in replies[:2] if reply[0] // 100 != 2), None)
         data_code = replies[2][0]
         if data_code != 354:
@@ -377,25 +303,35 @@ class SmtpTransport:
 
         Never retried on a lost connection, even before the first reply: the server had the
         whole message and may have accepted it."""
-        guard = self._guard
         if not data.endswith(b"\r\n"):
             data += b"\r\n"
         extra = "".join(f" {option}" for option in options)
         head = f"MAIL FROM:<{sender}>{extra}\r\nRCPT TO:<{recipient}>\r\nBDAT {len(data)} LAST\r\n"
         smtp.send(head.encode(smtp.command_encoding) + data)
-        guard.phase = "waiting for the reply to MAIL FROM"
-        replies = [self._check_deadline(smtp.getreply())]
-        for command in ("RCPT TO", "BDAT"):
-            if replies[-1][0] == 421:  # the server is closing: no further replies will come
-                self._discard()
-                return SendResult.from_reply(*replies[-1])
-            guard.phase = f"waiting for the reply to {command}"
-            replies.append(self._check_deadline(smtp.getreply()))
+        self._guard.phase = "waiting for the reply to MAIL FROM"
+        replies = self._replies_after(smtp, self._check_deadline(smtp.getreply()), "BDAT")
+        if isinstance(replies, SendResult):
+            return replies
         refusal = next((reply for reply in replies[:2] if reply[0] // 100 != 2), None)
         if refusal is not None:  # the chunk was refused with it (503 or 554): nothing went out
             return self._refused(smtp, *refusal)
         # Not retried: the server may have accepted it.
         return self._accepted_or_not(*replies[2])
+
+    def _replies_after(
+        self, smtp: smtplib.SMTP, first: _Reply, last: str
+    ) -> list[_Reply] | SendResult:
+        """MAIL FROM's reply ``first``, then the replies to RCPT TO and to ``last`` of one
+        pipelined group; the result at once when the server says 421 (it is closing the
+        connection: no further replies will come)."""
+        replies = [first]
+        for command in ("RCPT TO", last):
+            if replies[-1][0] == 421:
+                self._discard()
+                return SendResult.from_reply(*replies[-1])
+            self._guard.phase = f"waiting for the reply to {command}"
+            replies.append(self._check_deadline(smtp.getreply()))
+        return replies
 
     def _first_reply(self, read: Callable[[], _Reply], may_retry: bool) -> _Reply | None:
         """The reply to MAIL FROM, or None when a reused connection turns out to have been

@@ -7,7 +7,6 @@ phones, Tahoma/Arial). Templates autoescape; nothing here touches the database.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,8 +25,6 @@ from mailer.rendering import TEMPLATES_DIR, arabic_date
 from mailer.signup import Consent
 from mailer.tokens import Tokens
 from mailer.web.waker import Waker
-
-log = logging.getLogger(__name__)
 
 CADENCES = (
     (Cadence.INSTANT, "تنبيهات فورية", "لحظة نشر الخبر"),

@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.utils import format_datetime
 
+import psycopg
 from sqlalchemy import Connection, Engine, bindparam, exists, func, select, update
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.dml import ReturningUpdate
 
@@ -78,6 +80,11 @@ _RECORD_SENT_PG = (
     "lease_owner = NULL, lease_expires_at = NULL "
     "WHERE id = %(delivery_id)s AND lease_owner = %(owner)s"
 )
+
+
+# What a lost or restarted database looks like: SQLAlchemy's wrapper, or psycopg's own from the
+# raw cursor of _sent_writer.
+_CONNECTION_LOST = (OperationalError, InterfaceError, psycopg.OperationalError)
 
 
 def _sent_writer(conn: Connection) -> Callable[[dict[str, object]], int]:
@@ -391,9 +398,39 @@ class EditionSender:
             except Exception:
                 self._release([c.delivery_id for c in chunk[index:]], owner)
                 raise
-            self._record(prepared, reader, result, owner, conn, write_sent)
+            try:
+                self._record(prepared, reader, result, owner, conn, write_sent)
+            except _CONNECTION_LOST:
+                # The server has the message; without its record the sweeper would send it
+                # again. So record it on a new connection (a restarted PostgreSQL is back in
+                # seconds, well inside the lease), then give the rest of this chunk back to be
+                # claimed on a new connection.
+                if not self._record_again(prepared, reader, result, owner):
+                    raise
+                self._release([c.delivery_id for c in chunk[index + 1 :]], owner)
+                report.outcomes[result.outcome] = report.outcomes.get(result.outcome, 0) + 1
+                return True
             report.outcomes[result.outcome] = report.outcomes.get(result.outcome, 0) + 1
         return True
+
+    def _record_again(
+        self, prepared: PreparedEdition, reader: Claimed, result: SendResult, owner: str
+    ) -> bool:
+        """:meth:`_record` on a fresh connection, tried until a third of the lease has gone."""
+        deadline = time.monotonic() + self.settings.lease_seconds / 3
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    if conn.dialect.name == "postgresql":
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                    self._record(prepared, reader, result, owner, conn, _sent_writer(conn))
+                log.warning("recorded delivery %s on a new connection", reader.delivery_id)
+                return True
+            except _CONNECTION_LOST as exc:
+                if time.monotonic() >= deadline:
+                    log.error("could not record delivery %s: %s", reader.delivery_id, exc)
+                    return False
+                time.sleep(0.5)
 
     def _date(self) -> str:
         second = int(time.time())

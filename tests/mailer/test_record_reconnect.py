@@ -12,7 +12,6 @@ import psycopg
 import pytest
 from sqlalchemy.orm import Session
 
-from mailer.config import Settings
 from mailer.db import make_engine
 from mailer.dispatch import MemoryDispatcher
 from mailer.migrate import upgrade
@@ -21,23 +20,14 @@ from mailer.service import Service
 from mailer.stories import ensure_topics
 from mailer.transport import MemoryTransport, SendResult
 from tests.support.stack import create_pg_database, drop_pg_database, need_service, pg_admin_url
-from tests.support.world import Clock, World
+from tests.support.world import Clock, World, world_settings
 
 
 @pytest.fixture
 def pg_world(tmp_path: Path) -> Iterator[World]:
     need_service("PostgreSQL", lambda: psycopg.connect(pg_admin_url(), connect_timeout=3).close())
     url = create_pg_database()
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=url,
-        base_url="https://news.example.com",
-        secret_keys="test-secret",
-        hash_key="test-hash-key",
-        alert_batch_size=20,
-        claim_chunk=5,
-        lease_seconds=30.0,
-    )
+    settings = world_settings(tmp_path, url, alert_batch_size=20, claim_chunk=5)
     upgrade(url)
     engine = make_engine(url)
     with Session(engine) as session:

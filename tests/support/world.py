@@ -197,13 +197,11 @@ def migrated_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def make_world(tmp_path: Path, migrated_template: Path, **overrides: Any) -> Iterator[World]:
-    path = tmp_path / "mailer.db"
-    with closing(sqlite3.connect(migrated_template)) as src, closing(sqlite3.connect(path)) as dst:
-        src.backup(dst)
+def world_settings(tmp_path: Path, database_url: str, **overrides: Any) -> Settings:
+    """Small batches and chunks, long leases and retries: the test moves the clock."""
     settings = Settings(
         data_dir=tmp_path,
-        database_url=f"sqlite:///{path}",
+        database_url=database_url,
         base_url="https://news.example.com",
         secret_keys="test-secret",
         hash_key="test-hash-key",
@@ -217,7 +215,14 @@ def make_world(tmp_path: Path, migrated_template: Path, **overrides: Any) -> Ite
         max_age_seconds=86400.0,
         stall_seconds=60.0,
     )
-    settings = settings.model_copy(update=overrides)
+    return settings.model_copy(update=overrides)
+
+
+def make_world(tmp_path: Path, migrated_template: Path, **overrides: Any) -> Iterator[World]:
+    path = tmp_path / "mailer.db"
+    with closing(sqlite3.connect(migrated_template)) as src, closing(sqlite3.connect(path)) as dst:
+        src.backup(dst)
+    settings = world_settings(tmp_path, f"sqlite:///{path}", **overrides)
     engine = make_engine(settings.database)
     dispatcher = MemoryDispatcher()
     service = Service(engine, settings, dispatcher, Renderer(settings))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -74,30 +76,29 @@ def poll_imap() -> dict[str, object]:
     return {"handled": inbound.poll_imap(db.get_engine(), settings)}
 
 
-@app.task(
-    name="mailer.send_transactional",
-    autoretry_for=(OperationalError,),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=None,
-)
+# A confirmation lost to a database blip is retried until it goes: each is claimed once, so a
+# retry skips those already sent.
+_UNTIL_SENT: dict[str, Any] = {
+    "autoretry_for": (OperationalError,),
+    "retry_backoff": 2,
+    "retry_backoff_max": 60,
+    "max_retries": None,
+}
+
+
+@app.task(name="mailer.send_transactional", **_UNTIL_SENT)
 def send_transactional(message_id: int) -> str | None:
     """A confirmation or welcome email, through the process's servers, limits and signer."""
-    sender = runtime.sender()
-    return transactional.send_message(
-        db.get_engine(), get_settings(), sender.transport, message_id, signer=sender.signer
-    )
+    return _send_transactional([message_id])[0]
 
 
-@app.task(
-    name="mailer.send_transactionals",
-    autoretry_for=(OperationalError,),
-    retry_backoff=2,
-    retry_backoff_max=60,
-    max_retries=None,
-)
+@app.task(name="mailer.send_transactionals", **_UNTIL_SENT)
 def send_transactionals(message_ids: list[int]) -> list[str | None]:
-    """Several, one after the other (a retry skips those already sent: each is claimed once)."""
+    """Several, one after the other (the web process gathers sign-ups into one task)."""
+    return _send_transactional(message_ids)
+
+
+def _send_transactional(message_ids: list[int]) -> list[str | None]:
     sender = runtime.sender()
     engine, settings = db.get_engine(), get_settings()
     return [
